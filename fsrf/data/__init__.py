@@ -1,0 +1,1 @@
+"""MMSA data loading (being implemented)."""

@@ -1,0 +1,1 @@
+"""``torch.nn`` modules built on :mod:`fsrf.ops`."""

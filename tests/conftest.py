@@ -1,0 +1,27 @@
+"""Shared test setup.
+
+Triton kernels are tested on CPU through Triton's interpreter; ``TRITON_INTERPRET`` must be set
+before any ``@triton.jit`` decorator runs, so it is set here, before the tests import fsrf.kernels.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device; none is present")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_restore_backend():
+    """Each test starts from seed 0 and the automatic backend choice."""
+    import fsrf
+
+    torch.manual_seed(0)
+    prev = fsrf.get_backend()
+    yield
+    fsrf.set_backend(prev if prev != "auto" else None)

@@ -1,0 +1,179 @@
+"""``FSRFConfig``: every width, loss weight and switch of the method (docs/FSRF_METHOD.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["FSRFConfig", "KL_STOP_GRAD", "TASK_LOSSES"]
+
+KL_STOP_GRAD = ("both", "none", "richer")
+TASK_LOSSES = ("l1", "mse")
+
+
+@dataclass
+class FSRFConfig:
+    """Configuration of :class:`fsrf.FSRFLayer` and :class:`fsrf.FSRFModel`.
+
+    Defaults follow ``docs/FSRF_METHOD.md``; each field not fixed by the paper's abstract is a
+    switch of our reconstruction (§6 there), so a correction from the paper text lands here.
+
+    Architecture
+        ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the
+        fused output, default d), ``conv_kernel`` (temporal kernel of the input projection:
+        an int for every modality or ``{name: int}``; 1 means a ``Linear``), ``dropout``
+        (inside the MLPs), ``attn_dropout``.
+    Ablation switches
+        ``dhf`` (factorization and its constraints; ``False`` fuses the plain pooled features),
+        ``das`` (two-view self-distillation in :meth:`FSRFModel.training_loss`),
+        ``recovery`` (substitute recovered parts for missing modalities).
+    Loss weights (§4 total)
+        ``w_orth`` 0.3, ``w_dered`` 0.01, ``w_hom`` 1.0, ``w_rec`` 1.0, ``w_kl`` 0.5,
+        ``w_dist`` 0.5, ``w_recov`` 1.0.
+    Loss details
+        ``detach_norm``/``orth_eps`` (MISA DiffLoss), ``decor_eps``, ``mmd_num_kernels``,
+        ``mmd_kernel_mul``, ``mmd_unbiased``, ``kl_temperature`` (T = 2), ``kl_stop_grad``
+        (``"both"``: the target side of each KL direction is detached; ``"none"``: nothing is
+        detached; ``"richer"``: only the richer view A is detached, so knowledge flows A → B in
+        both directions), ``task_loss`` (``"l1"`` or ``"mse"``).
+    Second view (DAS)
+        ``view_rate`` (extra frame-drop rate; ``None`` draws one rate per sample from U(0, 1)),
+        ``view_inter_prob`` (probability that a sample loses one or two whole modalities).
+    """
+
+    d_model: int = 128
+    num_heads: int = 4
+    d_factor: int | None = None
+    d_out: int | None = None
+    conv_kernel: int | dict[str, int] = 1
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+
+    dhf: bool = True
+    das: bool = True
+    recovery: bool = True
+
+    w_orth: float = 0.3
+    w_dered: float = 0.01
+    w_hom: float = 1.0
+    w_rec: float = 1.0
+    w_kl: float = 0.5
+    w_dist: float = 0.5
+    w_recov: float = 1.0
+
+    detach_norm: bool = True
+    orth_eps: float = 1e-6
+    decor_eps: float = 1e-5
+    mmd_num_kernels: int = 5
+    mmd_kernel_mul: float = 2.0
+    mmd_unbiased: bool = False
+    kl_temperature: float = 2.0
+    kl_stop_grad: str = "both"
+    task_loss: str = "l1"
+
+    view_rate: float | None = None
+    view_inter_prob: float = 0.3
+
+    backend: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``TypeError``/``ValueError`` naming the first field that is out of range."""
+        def _int(name, lo=1):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"FSRFConfig.{name} must be an int; got {type(v).__name__} {v!r}")
+            if v < lo:
+                raise ValueError(f"FSRFConfig.{name} must be >= {lo}; got {v}")
+
+        def _num(name, lo=0.0, hi=None, lo_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"FSRFConfig.{name} must be a number; got {type(v).__name__} {v!r}")
+            if (v <= lo if lo_open else v < lo) or (hi is not None and v > hi) or v != v:
+                rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
+                raise ValueError(f"FSRFConfig.{name} must be in {rng}; got {v}")
+
+        _int("d_model")
+        _int("num_heads")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"FSRFConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        for name in ("d_factor", "d_out"):
+            if getattr(self, name) is not None:
+                _int(name)
+        ks = self.conv_kernel.values() if isinstance(self.conv_kernel, Mapping) else [self.conv_kernel]
+        for k in ks:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+                raise ValueError(f"FSRFConfig.conv_kernel must be odd positive ints; got {self.conv_kernel!r}")
+        _num("dropout", 0.0, 1.0)
+        _num("attn_dropout", 0.0, 1.0)
+        for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
+        for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov"):
+            _num(name, 0.0)
+        _num("orth_eps", 0.0, lo_open=True)
+        _num("decor_eps", 0.0, lo_open=True)
+        _int("mmd_num_kernels")
+        _num("mmd_kernel_mul", 0.0, lo_open=True)
+        _num("kl_temperature", 0.0, lo_open=True)
+        if self.kl_stop_grad not in KL_STOP_GRAD:
+            raise ValueError(f"FSRFConfig.kl_stop_grad must be one of {KL_STOP_GRAD}; got {self.kl_stop_grad!r}")
+        if self.task_loss not in TASK_LOSSES:
+            raise ValueError(f"FSRFConfig.task_loss must be one of {TASK_LOSSES}; got {self.task_loss!r}")
+        if self.view_rate is not None:
+            _num("view_rate", 0.0, 1.0)
+        _num("view_inter_prob", 0.0, 1.0)
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def factor_dim(self) -> int:
+        """d_f: width of the homogeneous / heterogeneous / noise factors."""
+        return self.d_factor or self.d_model
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the fused output ``f``."""
+        return self.d_out or self.d_model
+
+    def kernel_for(self, name: str) -> int:
+        """Temporal kernel size of modality ``name``'s input projection."""
+        if isinstance(self.conv_kernel, Mapping):
+            return int(self.conv_kernel.get(name, 1))
+        return int(self.conv_kernel)
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FSRFConfig":
+        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"config must be a mapping; got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown FSRFConfig field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_json(cls, path: str) -> "FSRFConfig":
+        """Read a JSON file written by :meth:`to_json` (or by hand)."""
+        with open(path, encoding="utf-8") as fh:
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "FSRFConfig":
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)

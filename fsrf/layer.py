@@ -1,0 +1,355 @@
+"""``FSRFLayer``: the drop-in fusion layer (DHF factorization + semantic recovery + DAS hooks).
+
+Sections refer to ``docs/FSRF_METHOD.md``. All attention and every loss go through
+:mod:`fsrf.ops`, so the compiled kernels are used wherever they are available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fsrf import ops
+from fsrf._checks import is_tracing
+from fsrf.config import FSRFConfig
+from fsrf.nn import MaskedCrossModalAttention
+
+__all__ = ["FSRFLayer", "FSRFOutput"]
+
+
+@dataclass
+class FSRFOutput:
+    """What :meth:`FSRFLayer.forward` returns.
+
+    Attributes:
+        fused: (B, d_out) fused representation — what the user's head consumes.
+        homogeneous, heterogeneous, noise: {name: (B, d_f)}; for a missing modality the
+            homogeneous and heterogeneous entries hold the recovered parts (noise is never
+            recovered: it is excluded from fusion). Empty dicts when ``dhf=False``.
+        pooled: {name: (B, d)} pooled features z_m (0 where the modality is missing).
+        available: (B, M) bool, True where modality m has at least one observed frame;
+            columns follow :attr:`FSRFLayer.modalities`.
+        losses: {"orth", "dered", "hom", "rec"} unweighted 0-dim tensors in training, {} in eval.
+        aux_loss: weighted sum of ``losses`` (0-dim; exactly 0 in eval).
+        shared_mean: (B, d_f) mean homogeneous code s̄ of the available modalities (0 when none).
+    """
+
+    fused: Tensor
+    homogeneous: dict[str, Tensor]
+    heterogeneous: dict[str, Tensor]
+    noise: dict[str, Tensor]
+    pooled: dict[str, Tensor]
+    available: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    aux_loss: Tensor | None = None
+    shared_mean: Tensor | None = None
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+class _Projection(nn.Module):
+    """u_m = LayerNorm(Conv1d_k(x_m)) (a Linear when k = 1), §1.1."""
+
+    def __init__(self, d_in: int, d_model: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        if kernel == 1:
+            self.proj = nn.Linear(d_in, d_model)
+        else:
+            self.proj = nn.Conv1d(d_in, d_model, kernel, padding=kernel // 2)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kernel == 1:
+            return self.norm(self.proj(x))
+        return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
+
+
+class FSRFLayer(nn.Module):
+    """Fusion layer that stays useful when modalities are partly or wholly missing.
+
+    Args:
+        modality_dims: ``{name: feature_dim}`` for M >= 2 modalities, any names; the order
+            fixes the columns of :attr:`FSRFOutput.available`.
+        d_model: model width d (overrides ``config.d_model`` when given).
+        num_heads: attention heads (overrides ``config.num_heads`` when given).
+        d_out: width of the fused output (overrides ``config.d_out`` when given).
+        config: :class:`FSRFConfig` with every other width, weight and switch.
+
+    ``forward(inputs, masks=None)`` takes ``inputs = {name: (B, T_m, D_m)}`` and optional
+    ``masks = {name: bool (B, T_m)}`` (True = observed frame). A modality absent from ``inputs``
+    is missing for the whole batch; a sample whose mask row is all False is missing that modality.
+
+    A sample with *every* modality missing gets the fusion of the parts recovered from a zero
+    homogeneous code: a finite, learned "no information" output that is the same for all such
+    samples.
+    """
+
+    def __init__(self, modality_dims: Mapping[str, int], d_model: int | None = None, num_heads: int | None = None,
+                 d_out: int | None = None, config: FSRFConfig | None = None) -> None:
+        super().__init__()
+        if not isinstance(modality_dims, Mapping):
+            raise TypeError(f"modality_dims must be a mapping {{name: feature_dim}}; got {type(modality_dims).__name__}")
+        if len(modality_dims) < 2:
+            raise ValueError(f"FSRFLayer needs at least two modalities; got {len(modality_dims)}: {list(modality_dims)}")
+        for name, dim in modality_dims.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"modality names must be non-empty str; got {name!r}")
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"modality_dims[{name!r}] must be a positive int feature dim; got {dim!r}")
+        if config is None:
+            config = FSRFConfig()
+        elif not isinstance(config, FSRFConfig):
+            raise TypeError(f"config must be an FSRFConfig; got {type(config).__name__}")
+        overrides = {k: v for k, v in (("d_model", d_model), ("num_heads", num_heads), ("d_out", d_out)) if v is not None}
+        self.config = config.replace(**overrides) if overrides else config
+        cfg = self.config
+        self.modalities = tuple(modality_dims)
+        self.modality_dims = dict(modality_dims)
+        d, df = cfg.d_model, cfg.factor_dim
+        M = len(self.modalities)
+
+        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m)) for m, D in modality_dims.items()})
+        self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout)
+                                   for m in self.modalities})
+        if cfg.dhf:
+            self.enc_hom = _mlp(d, df, df, cfg.dropout)  # one encoder shared by all modalities (§2)
+            self.enc_het = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
+            self.enc_noise = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
+            self.dec = nn.ModuleDict({m: _mlp(3 * df, d, d, cfg.dropout) for m in self.modalities})
+            self.recover_het = nn.ModuleDict({m: _mlp(df, df, df, cfg.dropout) for m in self.modalities})
+            self.fusion = _mlp((1 + M) * df, cfg.out_dim, cfg.out_dim, cfg.dropout)
+        else:
+            self.fusion = _mlp(M * d, cfg.out_dim, cfg.out_dim, cfg.dropout)
+        self._pairs, self._decor = self._constraint_plan(M)
+
+    # -- the constraint plan of §2: which factor pairs and which factors ---------------------
+    @staticmethod
+    def _constraint_plan(M: int) -> tuple[list[tuple[int, int]], list[int]]:
+        # factors are laid out [s_1, p_1, n_1, s_2, p_2, n_2, ...]
+        pairs = []
+        for m in range(M):
+            s, p, n = 3 * m, 3 * m + 1, 3 * m + 2
+            pairs += [(s, p), (s, n), (p, n)]
+        for m in range(M):
+            for m2 in range(m + 1, M):
+                pairs.append((3 * m + 1, 3 * m2 + 1))
+        decor = [i for m in range(M) for i in (3 * m, 3 * m + 1)]
+        return pairs, decor
+
+    # -- input handling ---------------------------------------------------------------------
+    def _check_inputs(self, inputs, masks) -> tuple[int, torch.device]:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"inputs must be a dict {{name: (B, T, D) tensor}}; got {type(inputs).__name__}")
+        if masks is not None and not isinstance(masks, Mapping):
+            raise TypeError(f"masks must be a dict {{name: bool (B, T) tensor}} or None; got {type(masks).__name__}")
+        unknown = [k for k in inputs if k not in self.modality_dims]
+        if unknown:
+            raise ValueError(f"unknown modality {unknown[0]!r} in inputs; this layer has {list(self.modalities)}")
+        if masks is not None:
+            unknown = [k for k in masks if k not in self.modality_dims]
+            if unknown:
+                raise ValueError(f"unknown modality {unknown[0]!r} in masks; this layer has {list(self.modalities)}")
+            extra = [k for k in masks if k not in inputs]
+            if extra:
+                raise ValueError(f"masks[{extra[0]!r}] given but inputs has no {extra[0]!r}")
+        if not inputs:
+            raise ValueError(f"inputs is empty; give at least one of {list(self.modalities)}")
+        batch, device, ref = None, None, None
+        for name, x in inputs.items():
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"inputs[{name!r}] must be a torch.Tensor; got {type(x).__name__}")
+            if not x.is_floating_point():
+                raise TypeError(f"inputs[{name!r}] must be floating point; got dtype {x.dtype}")
+            if x.dim() != 3:
+                raise ValueError(f"inputs[{name!r}] must have shape (B, T, {self.modality_dims[name]}); "
+                                 f"got {tuple(x.shape)}")
+            if x.shape[2] != self.modality_dims[name]:
+                raise ValueError(f"inputs[{name!r}] must have feature dim {self.modality_dims[name]}; "
+                                 f"got shape {tuple(x.shape)}")
+            if x.shape[1] < 1:
+                raise ValueError(f"inputs[{name!r}] has no frames (shape {tuple(x.shape)}); drop it from inputs "
+                                 f"to mark the modality missing")
+            if batch is None:
+                batch, device, ref = x.shape[0], x.device, name
+            elif x.shape[0] != batch:
+                raise ValueError(f"batch sizes disagree: inputs[{ref!r}] has B={batch} but inputs[{name!r}] "
+                                 f"has B={x.shape[0]}")
+            elif x.device != device:
+                raise ValueError(f"inputs[{name!r}] is on {x.device} but inputs[{ref!r}] is on {device}")
+            if masks is not None and name in masks:
+                mk = masks[name]
+                if not isinstance(mk, torch.Tensor):
+                    raise TypeError(f"masks[{name!r}] must be a bool torch.Tensor; got {type(mk).__name__}")
+                if mk.dtype != torch.bool:
+                    raise TypeError(f"masks[{name!r}] must have dtype torch.bool (True = observed); got {mk.dtype}")
+                if tuple(mk.shape) != tuple(x.shape[:2]):
+                    raise ValueError(f"masks[{name!r}] must have shape {tuple(x.shape[:2])} to match inputs[{name!r}]; "
+                                     f"got {tuple(mk.shape)}")
+                if mk.device != device:
+                    raise ValueError(f"masks[{name!r}] is on {mk.device} but inputs are on {device}")
+            if not is_tracing() and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"inputs[{name!r}] contains NaN or Inf; clean the features first "
+                                 f"(MMSA audio uses -inf padding: set it to 0)")
+        if batch == 0:
+            raise ValueError("inputs have batch size 0")
+        return batch, device
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> FSRFOutput:
+        """Encode, factorize, recover and fuse; see the class docstring for the arguments."""
+        B, device = self._check_inputs(inputs, masks)
+        cfg = self.config
+        ref_dtype = next(iter(inputs.values())).dtype
+        names = self.modalities
+
+        # §1.1 projection; an absent modality becomes one unobserved zero frame.
+        u, k = {}, {}
+        for m in names:
+            if m in inputs:
+                x = inputs[m]
+                mk = masks[m] if masks is not None and m in masks else torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+                # masked frames are zeroed so a Conv1d window cannot read features marked missing
+                u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype))
+                k[m] = mk
+            else:
+                u[m] = torch.zeros(B, 1, cfg.d_model, device=device, dtype=ref_dtype)
+                k[m] = torch.zeros(B, 1, dtype=torch.bool, device=device)
+        available = torch.stack([k[m].any(dim=1) for m in names], dim=1)  # (B, M)
+
+        # §1.2 masked cross-modal attention, §1.3 masked mean pooling
+        z = {}
+        for i, m in enumerate(names):
+            others = [n for n in names if n != m]
+            kv = torch.cat([u[n] for n in others], dim=1)
+            kv_mask = torch.cat([k[n] for n in others], dim=1)
+            c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
+            w = k[m].unsqueeze(-1).to(c.dtype)
+            z[m] = (c * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+        if not cfg.dhf:
+            fused = self.fusion(torch.cat([z[m] for m in names], dim=-1))
+            zero = fused.new_zeros(())
+            return FSRFOutput(fused=fused, homogeneous={}, heterogeneous={}, noise={}, pooled=z,
+                              available=available, losses={}, aux_loss=zero, shared_mean=None)
+
+        # §2 factorization
+        s = {m: self.enc_hom(z[m]) for m in names}
+        p = {m: self.enc_het[m](z[m]) for m in names}
+        n = {m: self.enc_noise[m](z[m]) for m in names}
+
+        # §3 recovery: s̄ over available modalities; missing parts substituted
+        a = available.to(s[names[0]].dtype)
+        s_stack = torch.stack([s[m] for m in names], dim=1)  # (B, M, d_f)
+        count = a.sum(dim=1, keepdim=True)
+        s_bar = (s_stack * a.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1.0)
+        s_out, p_out = {}, {}
+        for i, m in enumerate(names):
+            am = a[:, i:i + 1]
+            if cfg.recovery:
+                s_out[m] = am * s[m] + (1 - am) * s_bar
+                p_out[m] = am * p[m] + (1 - am) * self.recover_het[m](s_bar)
+            else:
+                s_out[m] = am * s[m]
+                p_out[m] = am * p[m]
+        fused = self.fusion(torch.cat([s_bar] + [p_out[m] for m in names], dim=-1))
+
+        losses: dict[str, Tensor] = {}
+        aux = fused.new_zeros((), dtype=torch.float32)
+        if self.training:
+            losses = self._dhf_losses(z, s, p, n, available)
+            aux = (cfg.w_orth * losses["orth"] + cfg.w_dered * losses["dered"]
+                   + cfg.w_hom * losses["hom"] + cfg.w_rec * losses["rec"])
+        return FSRFOutput(fused=fused, homogeneous=s_out, heterogeneous=p_out, noise=n, pooled=z,
+                          available=available, losses=losses, aux_loss=aux, shared_mean=s_bar)
+
+    # -- §2 constraints ---------------------------------------------------------------------
+    def _dhf_losses(self, z, s, p, n, available) -> dict[str, Tensor]:
+        cfg = self.config
+        names = self.modalities
+        factors, fmasks = [], []
+        for i, m in enumerate(names):
+            for f in (s[m], p[m], n[m]):
+                # losses accumulate in fp32 whatever the autocast dtype of the encoders
+                factors.append(f.float())
+                fmasks.append(available[:, i])
+        terms = ops.factor_constraints(factors, self._pairs, self._decor, masks=fmasks,
+                                       detach_norm=cfg.detach_norm, orth_eps=cfg.orth_eps,
+                                       decor_eps=cfg.decor_eps, backend=cfg.backend)
+        n_pairs = len(self._pairs)
+        orth = terms[:n_pairs].sum()
+        dered = terms[n_pairs:].sum()
+
+        hom = orth.new_zeros(())
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                hom = hom + self._masked_mmd(s[names[i]], available[:, i], s[names[j]], available[:, j])
+
+        rec = orth.new_zeros(())
+        for i, m in enumerate(names):
+            recon = self.dec[m](torch.cat([s[m], p[m], n[m]], dim=-1))
+            err = (recon.float() - z[m].float()).pow(2).mean(dim=-1)
+            w = available[:, i].float()
+            rec = rec + (err * w).sum() / w.sum().clamp_min(1.0)
+        return {"orth": orth, "dered": dered, "hom": hom, "rec": rec}
+
+    def _masked_mmd(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Tensor:
+        """MMD² between the available rows of x and of y; 0 when either side has < 2 rows."""
+        cfg = self.config
+        # Row selection is data dependent (a graph break under torch.compile); the op has no
+        # row weights because MMD's pooled bandwidth must be computed over the selected rows.
+        xs, ys = x[mx].float(), y[my].float()
+        if xs.shape[0] < 2 or ys.shape[0] < 2:
+            return x.new_zeros((), dtype=torch.float32)
+        return ops.mmd(xs, ys, num_kernels=cfg.mmd_num_kernels, kernel_mul=cfg.mmd_kernel_mul,
+                       unbiased=cfg.mmd_unbiased, backend=cfg.backend)
+
+    # -- §4 DAS between two views -----------------------------------------------------------
+    def distill(self, out_a: FSRFOutput, out_b: FSRFOutput) -> dict[str, Tensor]:
+        """Distribution-aligned self-distillation losses between two views of one batch (§4).
+
+        ``out_a`` is the richer view (the batch as given), ``out_b`` the further-corrupted one.
+        Returns unweighted 0-dim tensors ``{"kl", "dist", "recov"}``.
+        """
+        for name, o in (("out_a", out_a), ("out_b", out_b)):
+            if not isinstance(o, FSRFOutput):
+                raise TypeError(f"{name} must be an FSRFOutput from this layer; got {type(o).__name__}")
+        if out_a.fused.shape != out_b.fused.shape:
+            raise ValueError(f"out_a and out_b must come from two views of one batch; fused shapes "
+                             f"{tuple(out_a.fused.shape)} vs {tuple(out_b.fused.shape)}")
+        cfg = self.config
+        fa, fb = out_a.fused.float(), out_b.fused.float()
+        T = cfg.kl_temperature
+        if cfg.kl_stop_grad == "both":
+            kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=True, backend=cfg.backend)
+        elif cfg.kl_stop_grad == "none":
+            kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=False, backend=cfg.backend)
+        else:  # "richer": view A only teaches
+            kl = ops.kl_divergence(fb, fa.detach(), temperature=T, symmetric=True, detach_target=False,
+                                   backend=cfg.backend)
+        if fa.shape[0] >= 2:
+            dist = ops.mmd(fa, fb, num_kernels=cfg.mmd_num_kernels, kernel_mul=cfg.mmd_kernel_mul,
+                           unbiased=cfg.mmd_unbiased, backend=cfg.backend)
+        else:
+            dist = fa.new_zeros(())
+        recov = fa.new_zeros(())
+        if cfg.dhf and cfg.recovery:
+            lost = out_a.available & ~out_b.available  # present in A, missing in B
+            for i, m in enumerate(self.modalities):
+                w = lost[:, i].float()
+                denom = w.sum().clamp_min(1.0)
+                e_p = (out_b.heterogeneous[m].float() - out_a.heterogeneous[m].detach().float()).pow(2).mean(-1)
+                e_s = (out_b.homogeneous[m].float() - out_a.homogeneous[m].detach().float()).pow(2).mean(-1)
+                recov = recov + ((e_p + e_s) * w).sum() / denom
+        return {"kl": kl, "dist": dist, "recov": recov}
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"modalities={dict(self.modality_dims)}, d_model={c.d_model}, heads={c.num_heads}, "
+                f"d_factor={c.factor_dim}, d_out={c.out_dim}, dhf={c.dhf}, recovery={c.recovery}")

@@ -1,0 +1,169 @@
+"""One split of an MMSA dataset as numpy arrays, usable as a ``torch.utils.data.Dataset``.
+
+The model consumes batches of the form::
+
+    {"inputs": {"text": (B, T_t, D_t), "audio": (B, T_a, D_a), "vision": (B, T_v, D_v)},  # float32
+     "masks":  {"text": (B, T_t) bool, ...},   # True = valid (not padding) and observed
+     "labels": (B,) float32, "index": (B,) int64,
+     "unimodal_labels": {"T": (B,), "A": (B,), "V": (B,)}}   # SIMS only
+
+Either through a ``DataLoader`` with :func:`collate_mmsa`, or directly with
+:meth:`MMSASplit.batch` (no per-item overhead). With ``text_source == "bert_ids"`` the text
+input is the MMSA ``text_bert`` array, ``(B, 3, T_t)`` int64 (ids, attention mask, segment ids),
+meant for :class:`fsrf.data.bert.BertTextEncoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["MODALITIES", "MMSASplit", "collate_mmsa"]
+
+#: Modality names in MMSA order; the model's ``inputs``/``masks`` dicts use these keys.
+MODALITIES = ("text", "audio", "vision")
+
+
+class MMSASplit(torch.utils.data.Dataset):
+    """One split (``train``/``valid``/``test``) held as numpy arrays.
+
+    Attributes:
+        name: split name.
+        features: ``{modality: array}``; audio/vision ``(N, L, D)`` float32; text ``(N, L, D)``
+            float32 features, or ``(N, 3, L)`` int64 BERT ids when ``text_source == "bert_ids"``.
+        masks: ``{modality: (N, L) bool}``, True = valid frame (see :func:`fsrf.data.load_mmsa`
+            for how it is derived) and, after :mod:`fsrf.missing`, observed.
+        labels: ``(N,)`` float32 regression labels (``regression_labels``).
+        unimodal_labels: ``{"T"|"A"|"V": (N,) float32}`` (SIMS only; empty otherwise).
+        lengths: ``{modality: (N,) int64}`` true lengths from the file (``audio``/``vision`` in
+            unaligned files; ``text`` from the BERT attention mask when present).
+        text_bert: ``(N, 3, L)`` int64 BERT ids when the file has them (kept in both text modes,
+            it is small), else None.
+        ids, raw_text: per-sample strings when the file has them, else None.
+        text_source: ``"features"`` or ``"bert_ids"``.
+    """
+
+    def __init__(self, name: str, features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+                 labels: np.ndarray, *, unimodal_labels: Mapping[str, np.ndarray] | None = None,
+                 lengths: Mapping[str, np.ndarray] | None = None, text_bert: np.ndarray | None = None,
+                 ids: Sequence[str] | None = None, raw_text: Sequence[str] | None = None,
+                 text_source: str = "features"):
+        self.name = name
+        self.features = dict(features)
+        self.masks = dict(masks)
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+        self.unimodal_labels = {k: np.asarray(v, dtype=np.float32).reshape(-1)
+                                for k, v in (unimodal_labels or {}).items()}
+        self.lengths = dict(lengths or {})
+        self.text_bert = text_bert
+        self.ids = ids
+        self.raw_text = raw_text
+        self.text_source = text_source
+        n = len(self.labels)
+        if set(self.features) != set(self.masks):
+            raise ValueError(f"split '{name}': features have modalities {sorted(self.features)} but masks "
+                             f"have {sorted(self.masks)}")
+        for m, x in self.features.items():
+            mk = self.masks[m]
+            if x.shape[0] != n or mk.shape[0] != n:
+                raise ValueError(f"split '{name}', modality '{m}': expected {n} samples (the number of labels); "
+                                 f"got features {x.shape} and mask {mk.shape}")
+            if mk.dtype != np.bool_ or mk.ndim != 2:
+                raise ValueError(f"split '{name}', modality '{m}': mask must be a 2-D bool array; got "
+                                 f"{mk.dtype} {mk.shape}")
+            seq = x.shape[2] if (m == "text" and text_source == "bert_ids") else x.shape[1]
+            if mk.shape[1] != seq:
+                raise ValueError(f"split '{name}', modality '{m}': mask length {mk.shape[1]} does not match "
+                                 f"the sequence length {seq} of features {x.shape}")
+
+    # ------------------------------------------------------------------ basic protocol
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names present, in MMSA order."""
+        return tuple(m for m in MODALITIES if m in self.features) + tuple(
+            m for m in self.features if m not in MODALITIES)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One sample: ``{"text", "audio", "vision": tensors, "masks": {...}, "label": float,
+        "index": int}`` (plus ``"unimodal_labels"`` for SIMS)."""
+        i = int(index)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {index} is out of range for split '{self.name}' with {len(self)} samples")
+        i %= len(self)
+        item: dict[str, Any] = {m: torch.from_numpy(self.features[m][i]) for m in self.modalities}
+        item["masks"] = {m: torch.from_numpy(self.masks[m][i]) for m in self.modalities}
+        item["label"] = float(self.labels[i])
+        item["index"] = i
+        if self.unimodal_labels:
+            item["unimodal_labels"] = {k: float(v[i]) for k, v in self.unimodal_labels.items()}
+        return item
+
+    def batch(self, indices: Iterable[int] | np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """A collated batch for ``indices`` built directly from the arrays (same layout as
+        :func:`collate_mmsa`)."""
+        if isinstance(indices, torch.Tensor):
+            idx = indices.detach().cpu().numpy()
+        elif isinstance(indices, np.ndarray):
+            idx = indices
+        else:
+            idx = np.asarray(list(indices))
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices must lie in [0, {len(self)}) for split '{self.name}'; got "
+                             f"[{idx.min()}, {idx.max()}]")
+        out: dict[str, Any] = {
+            "inputs": {m: torch.from_numpy(np.ascontiguousarray(self.features[m][idx])) for m in self.modalities},
+            "masks": {m: torch.from_numpy(np.ascontiguousarray(self.masks[m][idx])) for m in self.modalities},
+            "labels": torch.from_numpy(self.labels[idx].copy()),
+            "index": torch.from_numpy(idx.copy()),
+        }
+        if self.unimodal_labels:
+            out["unimodal_labels"] = {k: torch.from_numpy(v[idx].copy()) for k, v in self.unimodal_labels.items()}
+        return out
+
+    def with_arrays(self, features: Mapping[str, np.ndarray] | None = None,
+                    masks: Mapping[str, np.ndarray] | None = None,
+                    name: str | None = None) -> "MMSASplit":
+        """A new split sharing everything except the given (e.g. corrupted) features/masks.
+
+        Modalities not in ``features``/``masks`` keep the current arrays.
+        """
+        f = dict(self.features)
+        f.update(features or {})
+        k = dict(self.masks)
+        k.update(masks or {})
+        tb = self.text_bert
+        if self.text_source == "bert_ids" and features and "text" in features:
+            tb = f["text"]
+        return MMSASplit(name or self.name, f, k, self.labels, unimodal_labels=self.unimodal_labels,
+                         lengths=self.lengths, text_bert=tb, ids=self.ids, raw_text=self.raw_text,
+                         text_source=self.text_source)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{m}={tuple(self.features[m].shape)}" for m in self.modalities)
+        return f"MMSASplit({self.name!r}, n={len(self)}, {shapes}, text_source={self.text_source!r})"
+
+
+def collate_mmsa(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Collate :meth:`MMSASplit.__getitem__` items into ``{"inputs", "masks", "labels", "index"}``
+    (plus ``"unimodal_labels"`` when the items carry them); use as a ``DataLoader``'s
+    ``collate_fn``."""
+    if len(batch) == 0:
+        raise ValueError("collate_mmsa got an empty batch")
+    mods = list(batch[0]["masks"].keys())
+    out: dict[str, Any] = {
+        "inputs": {m: torch.stack([b[m] for b in batch]) for m in mods},
+        "masks": {m: torch.stack([b["masks"][m] for b in batch]) for m in mods},
+        "labels": torch.tensor([b["label"] for b in batch], dtype=torch.float32),
+        "index": torch.tensor([b["index"] for b in batch], dtype=torch.int64),
+    }
+    if "unimodal_labels" in batch[0]:
+        keys = batch[0]["unimodal_labels"].keys()
+        out["unimodal_labels"] = {k: torch.tensor([b["unimodal_labels"][k] for b in batch], dtype=torch.float32)
+                                  for k in keys}
+    return out

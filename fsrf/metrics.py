@@ -1,0 +1,215 @@
+"""MMSA's regression metrics for MOSI / MOSEI and CH-SIMS, computed exactly as thuiar/MMSA does.
+
+:func:`compute` ``(preds, labels, dataset)`` returns ``{name: float}`` with MMSA's keys in MMSA's
+order:
+
+* ``mosi`` / ``mosei`` (MMSA ``__eval_mosei_regression``)::
+
+    Has0_acc_2     mean((p >= 0) == (y >= 0))                   zero labels count as positive
+    Has0_F1_score  weighted F1 of (y >= 0) vs (p >= 0)
+    Non0_acc_2     on samples with y != 0: mean((p > 0) == (y > 0))   p == 0 counts as negative
+    Non0_F1_score  weighted F1 of (y > 0) vs (p > 0) on the same samples
+    Mult_acc_5     mean(round(clip(p, -2, 2)) == round(clip(y, -2, 2)))
+    Mult_acc_7     mean(round(clip(p, -3, 3)) == round(clip(y, -3, 3)))
+    MAE            mean(|p - y|)                                unclipped
+    Corr           Pearson correlation of p and y               unclipped
+
+* ``sims`` (MMSA ``__eval_sims_regression``): clip p and y to [-1, 1] first (MAE and Corr too),
+  then bin with left-open intervals ``(lo, hi]``: 2 classes at ``[-1.01, 0, 1.01]``, 3 at
+  ``[-1.01, -0.1, 0.1, 1.01]``, 5 at ``[-1.01, -0.7, -0.1, 0.1, 0.7, 1.01]``::
+
+    Mult_acc_2, Mult_acc_3, Mult_acc_5   accuracy of the bin indices
+    F1_score                             weighted F1 of y's vs p's 2-class bins
+    MAE, Corr                            on the clipped values
+
+Conventions (each matches MMSA / numpy / scikit-learn):
+
+* ``round`` is numpy's half-to-even (0.5 -> 0, 1.5 -> 2, -2.5 -> -2).
+* Weighted F1 is scikit-learn's ``f1_score(y_true, y_pred, average='weighted')`` with the **true
+  labels first** (older MMSA passed them the other way round, which changes the value): per-class
+  F1 over the classes seen in either array, weighted by the class's support in ``y_true``. A
+  class that is never predicted (or never true) has F1 0 — scikit-learn's ``zero_division=0`` —
+  with no warning.
+* Comparisons, clipping and binning run in the inputs' floating precision (float32 tensors stay
+  float32, as in MMSA, where predictions and labels are float32 arrays); this decides on which
+  side of an edge such as 0.1 or -0.7 a float32 value falls. MAE and Corr are accumulated in
+  float64.
+* ``Corr`` is NaN (returned, not raised, without a warning) when predictions or labels are
+  constant — what ``np.corrcoef`` gives MMSA. ``Non0_acc_2`` and ``Non0_F1_score`` are NaN when
+  every label is 0 (no sample to score).
+* Values are not rounded; MMSA reports ``round(x, 4)`` — pass ``ndigits=4`` for that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compute", "weighted_f1", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "keys_for"]
+
+MOSI_KEYS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE",
+             "Corr")
+SIMS_KEYS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
+DATASETS = ("mosi", "mosei", "sims")
+
+_SIMS_BOUNDS = {2: (-1.01, 0.0, 1.01), 3: (-1.01, -0.1, 0.1, 1.01), 5: (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01)}
+
+
+def keys_for(dataset: str) -> tuple[str, ...]:
+    """The metric names :func:`compute` returns for ``dataset``, in order."""
+    ds = _dataset(dataset)
+    return SIMS_KEYS if ds == "sims" else MOSI_KEYS
+
+
+def _dataset(dataset: Any) -> str:
+    if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}")
+    return dataset.lower()
+
+
+def _as_1d(x: Any, name: str) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            if x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
+            x = x.numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency, but metrics need none
+        pass
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"{name} must be numeric; got dtype {a.dtype}")
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,) (or (N, 1)); got {a.shape}")
+    if a.dtype == np.float16:
+        a = a.astype(np.float32)
+    elif not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)  # integers are exact in float64, so no edge can move
+    if a.size == 0:
+        raise ValueError(f"{name} is empty; need at least one sample")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN/Inf), first at index "
+                         f"{int(np.argmax(bad))}")
+    return a
+
+
+def weighted_f1(y_true: Any, y_pred: Any) -> float:
+    """scikit-learn's ``f1_score(y_true, y_pred, average='weighted', zero_division=0)`` in numpy.
+
+    For every class ``c`` in ``y_true`` or ``y_pred``: ``F1_c = 2 TP / (2 TP + FP + FN)`` (0 when the
+    class never occurs in either role, which cannot happen here, and 0 when TP = 0), weighted by
+    the number of true samples of ``c``. Argument order matters: weights come from ``y_true``.
+    """
+    t = np.asarray(y_true).reshape(-1)
+    p = np.asarray(y_pred).reshape(-1)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred must have the same length; got {t.shape[0]} and {p.shape[0]}")
+    if t.size == 0:
+        return float("nan")
+    total = 0.0
+    for c in np.union1d(t, p):
+        tp = float(np.sum((t == c) & (p == c)))
+        fp = float(np.sum((t != c) & (p == c)))
+        fn = float(np.sum((t == c) & (p != c)))
+        support = tp + fn
+        denom = 2 * tp + fp + fn
+        f1 = 2 * tp / denom if denom > 0 else 0.0
+        total += support * f1
+    return total / t.size
+
+
+def _pearson(p: np.ndarray, y: np.ndarray) -> float:
+    p64 = p.astype(np.float64)
+    y64 = y.astype(np.float64)
+    pc = p64 - p64.mean()
+    yc = y64 - y64.mean()
+    denom = math.sqrt(float(pc @ pc) * float(yc @ yc))
+    if denom == 0.0:
+        return float("nan")
+    return float(np.clip((pc @ yc) / denom, -1.0, 1.0))
+
+
+def _acc_multi(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.round(a) == np.round(b)))
+
+
+def _mosi(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    res: dict[str, float] = {}
+    res["Has0_acc_2"] = float(np.mean((p >= 0) == (y >= 0)))
+    res["Has0_F1_score"] = weighted_f1(y >= 0, p >= 0)
+    nz = y != 0
+    if nz.any():
+        res["Non0_acc_2"] = float(np.mean((p[nz] > 0) == (y[nz] > 0)))
+        res["Non0_F1_score"] = weighted_f1(y[nz] > 0, p[nz] > 0)
+    else:
+        res["Non0_acc_2"] = float("nan")
+        res["Non0_F1_score"] = float("nan")
+    res["Mult_acc_5"] = _acc_multi(np.clip(p, -2.0, 2.0), np.clip(y, -2.0, 2.0))
+    res["Mult_acc_7"] = _acc_multi(np.clip(p, -3.0, 3.0), np.clip(y, -3.0, 3.0))
+    res["MAE"] = float(np.mean(np.abs(p.astype(np.float64) - y.astype(np.float64))))
+    res["Corr"] = _pearson(p, y)
+    return res
+
+
+def _bins(x: np.ndarray, bounds: tuple[float, ...]) -> np.ndarray:
+    # Each interval (lo, hi] is tested on the un-binned array (no chained reassignment), with the
+    # edges in x's precision as numpy does for a float32 array against a Python float.
+    out = np.zeros(x.shape, dtype=np.int64)
+    edges = np.asarray(bounds, dtype=x.dtype)
+    for i in range(len(edges) - 1):
+        out[(x > edges[i]) & (x <= edges[i + 1])] = i
+    return out
+
+
+def _sims(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    one = np.asarray(1.0, dtype=p.dtype)
+    p = np.clip(p, -one, one)
+    y = np.clip(y, -one, one)
+    b = {k: (_bins(p, v), _bins(y, v)) for k, v in _SIMS_BOUNDS.items()}
+    return {
+        "Mult_acc_2": float(np.mean(b[2][0] == b[2][1])),
+        "Mult_acc_3": float(np.mean(b[3][0] == b[3][1])),
+        "Mult_acc_5": float(np.mean(b[5][0] == b[5][1])),
+        "F1_score": weighted_f1(b[2][1], b[2][0]),
+        "MAE": float(np.mean(np.abs(p.astype(np.float64) - y.astype(np.float64)))),
+        "Corr": _pearson(p, y),
+    }
+
+
+def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None) -> dict[str, float]:
+    """MMSA regression metrics of ``preds`` against ``labels`` for ``dataset``.
+
+    Args:
+        preds, labels: array-likes or tensors of shape ``(N,)`` (``(N, 1)`` is accepted), N >= 1,
+            finite.
+        dataset: ``"mosi"``, ``"mosei"`` (8 metrics) or ``"sims"`` (6 metrics).
+        ndigits: round every value to this many decimals (MMSA reports 4); None = unrounded.
+
+    Returns:
+        ``{name: float}`` with exactly MMSA's keys in MMSA's order (:func:`keys_for`). ``Corr`` is
+        NaN for constant inputs; ``Non0_*`` are NaN when all labels are 0.
+
+    Raises:
+        ValueError: unknown dataset, empty input, NaN/Inf, shapes that differ or are not (N,).
+        TypeError: non-numeric input.
+    """
+    ds = _dataset(dataset)
+    p = _as_1d(preds, "preds")
+    y = _as_1d(labels, "labels")
+    if p.shape != y.shape:
+        raise ValueError(f"preds and labels must have the same number of samples; got preds {p.shape} and "
+                         f"labels {y.shape}")
+    # One common precision: float32 only when both are float32 (MMSA's case), else float64.
+    dt = np.result_type(p.dtype, y.dtype)
+    p, y = p.astype(dt, copy=False), y.astype(dt, copy=False)
+    res = _sims(p, y) if ds == "sims" else _mosi(p, y)
+    if ndigits is not None:
+        res = {k: (round(v, ndigits) if not math.isnan(v) else v) for k, v in res.items()}
+    return res

@@ -42,12 +42,19 @@ def _register_optional_commands() -> None:
             raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``fsrf <command>: error: ...``, exit status 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fsrf`` command."""
     _register_optional_commands()
-    parser = argparse.ArgumentParser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis")
+    parser = _Parser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     seen = set()
     for add in COMMANDS:

@@ -61,6 +61,8 @@ def add_describe(sub) -> None:
     p.set_defaults(func=_cmd_describe)
 
 
+# Register once, also when this module is re-imported or reloaded (new function objects).
 for _add in (add_make_synthetic, add_describe):
-    if _add not in cli.COMMANDS:
-        cli.COMMANDS.append(_add)
+    cli.COMMANDS[:] = [f for f in cli.COMMANDS
+                       if not (getattr(f, "__module__", None) == __name__ and f.__name__ == _add.__name__)]
+    cli.COMMANDS.append(_add)

@@ -270,6 +270,11 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
     if lens["text"] < 4:
         raise ValueError(f"seq_lens['text'] must be >= 4 ([CLS], two tokens, [SEP]); got {lens['text']}")
 
+    out_path = Path(os.fspath(out_path))
+    folder = out_path.parent if str(out_path.parent) else Path(".")
+    if not folder.is_dir():  # fail before spending time generating
+        raise FileNotFoundError(f"output folder does not exist: {folder}")
+
     mean_len = {"text": 0.5 * lens["text"]}
     for m in ("audio", "vision"):
         mean_len[m] = mean_len["text"] if aligned else 0.55 * lens[m]
@@ -282,7 +287,7 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
         offset += n
     data["config"] = {"generator": "fsrf.data.make_synthetic", "preset": preset, "seed": int(seed),
                       "aligned": bool(aligned), "sizes": sizes, "dims": dims_, "seq_lens": lens}
-    return _atomic_pickle(data, Path(out_path))
+    return _atomic_pickle(data, out_path)
 
 
 def _atomic_pickle(obj, path: Path) -> Path:

@@ -425,6 +425,9 @@ def test_synthetic_deterministic_and_atomic(tmp_path):
     c = data.make_synthetic("mosi", tmp_path / "c.pkl", **{**kw, "seed": 5})
     assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pkl", "b.pkl", "c.pkl"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(a).st_mode & 0o777 == 0o666 & ~umask  # like a plain open(), not mkstemp's 0600
     with pytest.raises(FileNotFoundError, match="output folder does not exist"):
         data.make_synthetic("mosi", tmp_path / "nope" / "x.pkl", **kw)
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cuda
 from fsrf import missing
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
 
 
 def _arrays(n=64, seed=0, L=(12, 20, 16), D=(6, 4, 5), ids=False):

@@ -217,8 +217,12 @@ def _labels(raw: dict, key: str, *, path: str, split: str, n: int | None) -> np.
 
 
 def _to_float32(x: np.ndarray, *, path: str, split: str, key: str, nonfinite: str, neg_inf_to_zero: bool) -> np.ndarray:
-    # Copy (never alias the caller's arrays) and scan in chunks so the temporaries stay small.
-    out = np.array(x, dtype=np.float32, copy=True)
+    # The unpickled arrays are private to the loader, so a writable float32 array is edited in
+    # place (no second copy of a multi-GB array); others are converted. Scanning goes in chunks so
+    # the temporaries stay small.
+    out = x.astype(np.float32, copy=False)
+    if not out.flags.writeable:  # e.g. protocol-5 arrays backed by bytes
+        out = out.copy()
     n_bad = 0
     first = None
     for s in range(0, out.shape[0], _CHUNK):
@@ -391,7 +395,10 @@ def load_mmsa(path: str | os.PathLike, *, text: str = "features", check_sha256: 
     if isinstance(cfg, dict) and cfg.get("generator") == _SYNTHETIC_TAG:
         synthetic = dict(cfg)
 
-    splits = {s: _read_split(data[s], s, path=path, text=text, nonfinite=nonfinite) for s in SPLITS}
+    splits = {}
+    for s in SPLITS:
+        splits[s] = _read_split(data[s], s, path=path, text=text, nonfinite=nonfinite)
+        data[s] = None  # release the raw (often float64) arrays before reading the next split
     del data
 
     def dim_of(sp: MMSASplit, m: str) -> int:

@@ -130,7 +130,7 @@ def _lengths(rng: np.random.Generator, n: int, L: int, frac_mean: float, lo: int
 
 
 def _split(rng: np.random.Generator, world: dict, n: int, *, preset: str, cfg: dict, dims: Mapping[str, int],
-           lens: Mapping[str, int], aligned: bool, split: str, offset: int) -> dict:
+           lens: Mapping[str, int], aligned: bool, offset: int) -> dict:
     zs = rng.standard_normal((n, _K_SHARED))
     zm = {m: _RHO * zs @ world["C"][m].T + np.sqrt(1 - _RHO**2) * rng.standard_normal((n, _K_SPEC)) for m in _MODS}
     nu = {m: rng.standard_normal((n, _K_NUIS)) for m in _MODS}
@@ -283,7 +283,7 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
     offset = 0
     for k, (name, n) in enumerate(zip(_SPLITS, sizes)):
         data[name] = _split(np.random.default_rng([seed, k + 1]), world, n, preset=preset, cfg=cfg, dims=dims_,
-                            lens=lens, aligned=aligned, split=name, offset=offset)
+                            lens=lens, aligned=aligned, offset=offset)
         offset += n
     data["config"] = {"generator": "fsrf.data.make_synthetic", "preset": preset, "seed": int(seed),
                       "aligned": bool(aligned), "sizes": sizes, "dims": dims_, "seq_lens": lens}
@@ -301,6 +301,10 @@ def _atomic_pickle(obj, path: Path) -> Path:
             pickle.dump(obj, fh, protocol=4)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,182 @@
+"""Pure-PyTorch reference of :func:`fsrf.ops.mmd` (also its ``torch`` backend).
+
+Squared maximum mean discrepancy with a multi-bandwidth Gaussian kernel (FSRF method §2, §4)::
+
+    U = [x; y]  (n = N + M rows), centred by its mean ū
+    σ² = Σ_{i≠j} ‖u_i − u_j‖² / (n² − n) = 2 Σ_i ‖u_i − ū‖² / (n − 1)       (closed form, O(n·d))
+    h_k = σ² · kernel_mul^(k − num_kernels // 2),  k = 0 .. num_kernels − 1  (or h = bandwidths)
+    K(a, b) = Σ_k exp(−‖a − b‖² / h_k)
+    MMD² = mean K_xx + mean K_yy − 2 mean K_xy          (biased: means over all entries)
+         = ... with the diagonals of K_xx, K_yy left out (unbiased: means over N(N−1), M(M−1))
+
+The bandwidths are detached (no gradient flows through σ²), as in the DAN-style implementations.
+``Σ_{i,j}‖u_i − u_j‖² = 2n Σ‖u_i‖² − 2‖Σu_i‖²`` cancels catastrophically in float32 when the data
+sit far from the origin; centring first gives ``2n Σ‖u_i − ū‖²`` whose terms are all ≥ 0.
+σ² is clamped to ≥ :data:`SIGMA2_FLOOR` so identical points (σ² = 0) give MMD² = 0 and zero
+gradients instead of NaN (0/0); the floor is far below any squared distance fp32 data can resolve
+and keeps 1/h finite for any sensible ``num_kernels``.
+
+Memory: the N×M kernel matrices are never built. The kernel sums run over row chunks (a block of
+rows of one set against all rows of the other), sized so that the chunk's temporaries fit
+:data:`CHUNK_BUDGET_BYTES`; the backward recomputes each chunk (an autograd.Function with an
+analytic gradient), so the peak extra memory is O((N + M)·d) plus the chunk budget.
+Distances use ‖a‖² + ‖b‖² − 2a·b on the centred data (one GEMM per chunk), clamped at 0.
+
+Computed in float32 for float16 / bfloat16 / float32 inputs, float64 for float64 inputs; the
+result is a 0-dim tensor of that dtype. First-order gradients only (no double backward).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["mmd", "compute_dtype", "pooled_mean_and_sigma2", "inverse_bandwidths", "chunk_rows",
+           "SIGMA2_FLOOR", "CHUNK_BUDGET_BYTES"]
+
+#: Lower bound on the data-driven base bandwidth σ² (see the module docstring).
+SIGMA2_FLOOR = 1e-30
+
+#: Bytes the row-chunked kernel sums may use for their temporaries (per chunk).
+CHUNK_BUDGET_BYTES = 64 * 2**20
+
+# Chunk-sized temporaries alive at once in the forward / backward of one chunk: squared distances,
+# the running kernel sum (or derivative), one exp, plus one for the allocator's slack.
+_TEMPS_PER_ENTRY = 4
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype MMD is computed in: float64 stays float64, the rest use float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pooled_mean_and_sigma2(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean ū of U = [x; y] and the mean pairwise squared distance σ² (i ≠ j), both detached.
+
+    O((N+M)·d), no pairwise pass: Σ_{i,j}‖u_i − u_j‖² = 2n Σ_i ‖u_i − ū‖².
+    """
+    acc = compute_dtype(x.dtype)
+    x, y = x.detach(), y.detach()
+    n = x.shape[0] + y.shape[0]
+    mean = (x.sum(0, dtype=acc) + y.sum(0, dtype=acc)) / n
+    ss = (x.to(acc) - mean).square().sum() + (y.to(acc) - mean).square().sum()
+    sigma2 = 2.0 * ss / (n - 1)
+    return mean, sigma2.clamp_min(SIGMA2_FLOOR)
+
+
+def inverse_bandwidths(x: Tensor, y: Tensor, num_kernels: int = 5, kernel_mul: float = 2.0,
+                       bandwidths: Tensor | Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
+    """``(1/h_k for each kernel, ū)`` as detached tensors of the compute dtype on x's device.
+
+    With ``bandwidths`` given, ``h`` is that list (``num_kernels`` and ``kernel_mul`` are unused).
+    """
+    acc = compute_dtype(x.dtype)
+    mean, sigma2 = pooled_mean_and_sigma2(x, y)
+    if bandwidths is None:
+        expo = torch.arange(num_kernels, device=x.device, dtype=acc) - (num_kernels // 2)
+        h = sigma2 * torch.pow(torch.full_like(expo, float(kernel_mul)), expo)
+    elif isinstance(bandwidths, Tensor):
+        h = bandwidths.detach().to(device=x.device, dtype=acc)
+    else:
+        h = torch.tensor([float(b) for b in bandwidths], device=x.device, dtype=acc)
+    return 1.0 / h, mean
+
+
+def chunk_rows(rows: int, cols: int, itemsize: int, budget: int | None = None) -> int:
+    """Rows per chunk so that ``_TEMPS_PER_ENTRY`` chunk×cols temporaries fit ``budget`` bytes."""
+    budget = CHUNK_BUDGET_BYTES if budget is None else budget
+    per_row = _TEMPS_PER_ENTRY * itemsize * max(cols, 1)
+    return int(max(1, min(rows, budget // per_row)))
+
+
+def _sq_dists(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
+    """‖a_i − b_j‖² for a row chunk ``a`` against all of ``b``, clamped at 0 (rounding)."""
+    d2 = torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.T, alpha=-2.0)
+    return d2.clamp_min_(0.0)
+
+
+class _KernelSum(torch.autograd.Function):
+    """S = Σ_{i,j} K(a_i, b_j), computed over row chunks of ``a``; analytic, recomputing backward.
+
+    ``same=True`` means ``b`` is ``a`` (an XX or YY term): the diagonal is left out when
+    ``exclude_diag`` and the gradient is returned for ``a`` only, doubled (d/da of a symmetric sum
+    counts each pair from both ends), so only one side of the pair matrix is ever differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, inv_h: Tensor, same: bool, exclude_diag: bool,
+                rows: int) -> Tensor:
+        a_sq, b_sq = a.square().sum(1), b.square().sum(1)
+        total = a.new_zeros(())
+        for s in range(0, a.shape[0], rows):
+            e = min(s + rows, a.shape[0])
+            d2 = _sq_dists(a[s:e], a_sq[s:e], b, b_sq)
+            if same:  # exact zeros on the diagonal, so that MMD(x, x) = 0 is not spoilt by rounding
+                d2.diagonal(offset=s).zero_()
+            k = torch.zeros_like(d2)
+            for ih in inv_h.unbind(0):
+                k += torch.mul(d2, -ih).exp_()
+            if same and exclude_diag:
+                k.diagonal(offset=s).zero_()
+            total = total + k.sum()
+        ctx.save_for_backward(a, b, inv_h)
+        ctx.same, ctx.exclude_diag, ctx.rows = same, exclude_diag, rows
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, inv_h = ctx.saved_tensors
+        a_sq, b_sq = a.square().sum(1), b.square().sum(1)
+        ga = torch.zeros_like(a)
+        gb = None if ctx.same else torch.zeros_like(b)
+        rows = ctx.rows
+        for s in range(0, a.shape[0], rows):
+            e = min(s + rows, a.shape[0])
+            d2 = _sq_dists(a[s:e], a_sq[s:e], b, b_sq)
+            # dK/d(d²) = −Σ_k exp(−d²/h_k)/h_k; store its negative, G = Σ_k exp(−d²·ih_k)·ih_k
+            g = torch.zeros_like(d2)
+            for ih in inv_h.unbind(0):
+                g.addcmul_(torch.mul(d2, -ih).exp_(), ih)
+            if ctx.same:  # the diagonal pair has a − a = 0: no gradient, whatever the estimator
+                g.diagonal(offset=s).zero_()
+            # d‖a_i − b_j‖²/da_i = 2(a_i − b_j), so dS/da_i = −2 Σ_j G_ij (a_i − b_j)
+            ga[s:e] = -2.0 * (a[s:e] * g.sum(1, keepdim=True) - g @ b)
+            if gb is not None:
+                gb += -2.0 * (b * g.sum(0)[:, None] - g.T @ a[s:e])
+        ga = ga * grad
+        if ctx.same:
+            return 2.0 * ga, None, None, None, None, None
+        return ga, gb * grad, None, None, None, None
+
+
+def _kernel_sum(a: Tensor, b: Tensor | None, inv_h: Tensor, exclude_diag: bool,
+                chunk_bytes: int | None) -> Tensor:
+    same = b is None
+    b_ = a if same else b
+    rows = chunk_rows(a.shape[0], b_.shape[0], a.element_size(), chunk_bytes)
+    # the same tensor in both slots would receive gradient twice; pass it once when same
+    return _KernelSum.apply(a, a.detach() if same else b_, inv_h, same, exclude_diag, rows)
+
+
+def mmd(x: Tensor, y: Tensor, *, num_kernels: int = 5, kernel_mul: float = 2.0,
+        bandwidths: Tensor | Sequence[float] | None = None, unbiased: bool = False,
+        chunk_bytes: int | None = None) -> Tensor:
+    """MMD² between the rows of ``x`` (N, d) and ``y`` (M, d); see the module docstring.
+
+    ``chunk_bytes`` overrides :data:`CHUNK_BUDGET_BYTES`. No input validation here;
+    :func:`fsrf.ops.mmd` validates and dispatches.
+    """
+    acc = compute_dtype(x.dtype)
+    N, M = x.shape[0], y.shape[0]
+    inv_h, mean = inverse_bandwidths(x, y, num_kernels, kernel_mul, bandwidths)
+    # centring (with a detached mean) keeps ‖a‖² + ‖b‖² − 2a·b accurate; gradients pass through
+    xc, yc = x.to(acc) - mean, y.to(acc) - mean
+    s_xx = _kernel_sum(xc, None, inv_h, unbiased, chunk_bytes)
+    s_yy = _kernel_sum(yc, None, inv_h, unbiased, chunk_bytes)
+    s_xy = _kernel_sum(xc, yc, inv_h, False, chunk_bytes)
+    if unbiased:
+        return s_xx / (N * (N - 1)) + s_yy / (M * (M - 1)) - 2.0 * s_xy / (N * M)
+    return s_xx / (N * N) + s_yy / (M * M) - 2.0 * s_xy / (N * M)

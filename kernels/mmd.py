@@ -1,0 +1,278 @@
+"""Triton kernels of :func:`fsrf.ops.mmd`: tiled multi-bandwidth Gaussian MMD², forward and backward.
+
+The launcher builds the pooled set ``U = [x; y]`` (``n = N + M`` rows), centred by its mean
+``ū`` and in the accumulation dtype, plus its squared row norms: one O(n·d) pass whose copy is the
+only input the kernels read. (Reading x and y in place would need two masked pointer tiles per
+operand, which ran the tile kernels out of registers.) With
+pair weights ``w_ij`` = ``w_xx`` (both rows in x), ``w_yy`` (both in y), ``w_xy`` (mixed),
+computed in the kernel from N and M,
+
+    MMD² = Σ_{i,j} w_ij K(u_i, u_j),   K(a, b) = Σ_k exp(−‖a − b‖² · ih_k),  ih_k = 1/h_k
+
+(biased: ``w_xx = 1/N²``, ``w_yy = 1/M²``, ``w_xy = −1/(NM)``; unbiased: ``1/(N(N−1))``,
+``1/(M(M−1))`` and the diagonal pairs left out).
+
+* Forward: a 2-D grid over square ``BLOCK×BLOCK`` tiles ``(ti, tj)`` of the n×n pair matrix;
+  only ``tj ≥ ti`` tiles work (the matrix is symmetric, off-diagonal tiles count twice). Each
+  writes one partial sum into a ``T×T`` buffer (T = ⌈n/BLOCK⌉, no n×n buffer), reduced by a
+  deterministic ``sum`` afterwards (no atomics).
+* Backward: ``dL/du_i = 4 g Σ_j G_ij (u_i − u_j)`` with ``G_ij = w_ij K'(d²_ij)``,
+  ``K'(s) = −Σ_k ih_k exp(−s·ih_k)``. A grid over (row tile, output-column block) loops over all
+  column tiles, recomputing d² and accumulating ``Σ_j G_ij`` and ``G @ U_j`` (``tl.dot``); the
+  result goes straight to ``dx`` / ``dy``. Memory O((N+M)·d).
+* Distances: ``d² = ‖a‖² + ‖b‖² − 2 a·b`` with the cross term from ``tl.dot`` on the *centred*
+  data (so the cancellation is relative to the spread of the data, not its offset from 0),
+  clamped at 0, and exactly 0 on the diagonal. ``tl.dot`` precision: ``tf32x3`` for float32
+  inputs (≈ fp32 accuracy on tensor cores), ``tf32`` for float16 / bfloat16 inputs (the error is
+  below the inputs' own rounding), ``ieee`` for float64.
+* With the default geometric bandwidths and ``kernel_mul = 2`` (``SQUARING``), the
+  ``num_kernels`` exponentials come from one ``exp`` at the widest bandwidth by repeated
+  squaring, ``exp(−s/h)² = exp(−s/(h/2))`` (relative error grows ~2^k·ε, negligible for k ≤ 6);
+  exp throughput, not FLOPs, bounds this kernel on a GPU.
+
+Accumulation is in float32 (float64 for float64 inputs) whatever the input dtype, the upcast
+happening when the centred copy is made; gradients are stored in the input dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["mmd_forward", "mmd_backward"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+@triton.jit
+def _load_rows(U, rows, cols, n, d, su):
+    """Rows ``rows``, columns ``cols`` of the centred pooled copy; zeros outside it."""
+    mask = (rows < n)[:, None] & (cols < d)[None, :]
+    return tl.load(U + rows.to(tl.int64)[:, None] * su + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _sq_dists(U, SQ, rows_i, rows_j, n, d, su, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+              ACC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """‖u_i − u_j‖² of a BLOCK×BLOCK tile, ≥ 0, exactly 0 where i == j."""
+    dot = tl.zeros((BLOCK, BLOCK), ACC)
+    for k0 in range(0, d, BLOCK_D):
+        cols = k0 + tl.arange(0, BLOCK_D)
+        a = _load_rows(U, rows_i, cols, n, d, su)
+        b = _load_rows(U, rows_j, cols, n, d, su)
+        dot = tl.dot(a, tl.trans(b), dot, input_precision=DOT_PREC)
+    sq_i = tl.load(SQ + rows_i, mask=rows_i < n, other=0.0)
+    sq_j = tl.load(SQ + rows_j, mask=rows_j < n, other=0.0)
+    d2 = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
+    return tl.where(rows_i[:, None] == rows_j[None, :], 0.0, d2)
+
+
+@triton.jit
+def _pair_weights(rows_i, rows_j, N, n, UNBIASED: tl.constexpr, NO_DIAG: tl.constexpr,
+                  ACC: tl.constexpr):
+    """w_ij of the tile (0 outside U, and on the diagonal when ``NO_DIAG``)."""
+    # from the integer sizes, in the accumulation dtype (float scalar arguments would be fp32)
+    nx = N.to(ACC)
+    ny = (n - N).to(ACC)
+    if UNBIASED:
+        w_xx = 1.0 / (nx * (nx - 1.0))
+        w_yy = 1.0 / (ny * (ny - 1.0))
+    else:
+        w_xx = 1.0 / (nx * nx)
+        w_yy = 1.0 / (ny * ny)
+    w_xy = -1.0 / (nx * ny)
+    xi = rows_i < N
+    xj = rows_j < N
+    w = tl.where(xi[:, None] & xj[None, :], w_xx,
+                 tl.where((rows_i >= N)[:, None] & (rows_j >= N)[None, :], w_yy, w_xy))
+    keep = (rows_i < n)[:, None] & (rows_j < n)[None, :]
+    if NO_DIAG:
+        keep = keep & (rows_i[:, None] != rows_j[None, :])
+    return tl.where(keep, w, 0.0)
+
+
+@triton.jit
+def _kernel_and_slope(d2, INVH, NUM_K: tl.constexpr, SQUARING: tl.constexpr,
+                      WANT_SLOPE: tl.constexpr):
+    """K(d²) = Σ_k e_k and, if wanted, −K'(d²) = Σ_k ih_k e_k, with e_k = exp(−d²·ih_k)."""
+    if SQUARING:
+        # INVH is ascending in bandwidth with ratio 2: ih_{k} = 2·ih_{k+1}; start at the widest
+        ih = tl.load(INVH + NUM_K - 1)
+        e = tl.exp(-d2 * ih)
+        kval = e
+        slope = e * ih
+        for _ in tl.static_range(NUM_K - 1):
+            e = e * e
+            ih = ih * 2.0
+            kval += e
+            if WANT_SLOPE:
+                slope += e * ih
+    else:
+        kval = tl.zeros_like(d2)
+        slope = tl.zeros_like(d2)
+        for k in tl.static_range(NUM_K):
+            ih = tl.load(INVH + k)
+            e = tl.exp(-d2 * ih)
+            kval += e
+            if WANT_SLOPE:
+                slope += e * ih
+    return kval, slope
+
+
+@triton.jit
+def _mmd_fwd_kernel(U, SQ, INVH, PART, N, n, d, su,
+                    NUM_K: tl.constexpr, SQUARING: tl.constexpr, UNBIASED: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+                    DOT_PREC: tl.constexpr):
+    ti = tl.program_id(0)
+    tj = tl.program_id(1)
+    if tj >= ti:  # lower-triangle tiles mirror upper ones; their partials stay 0
+        rows_i = ti * BLOCK + tl.arange(0, BLOCK)
+        rows_j = tj * BLOCK + tl.arange(0, BLOCK)
+        d2 = _sq_dists(U, SQ, rows_i, rows_j, n, d, su, BLOCK, BLOCK_D, ACC, DOT_PREC)
+        kval, _ = _kernel_and_slope(d2, INVH, NUM_K, SQUARING, False)
+        w = _pair_weights(rows_i, rows_j, N, n, UNBIASED, UNBIASED, ACC)
+        part = tl.sum(tl.sum(w * kval, axis=1), axis=0)
+        part = part * tl.where(tj > ti, 2.0, 1.0)
+        tl.store(PART + ti * tl.num_programs(1) + tj, part)
+
+
+@triton.jit
+def _mmd_bwd_kernel(U, SQ, INVH, GOUT, DX, DY, N, n, d, su, sdx, sdy,
+                    NUM_K: tl.constexpr, SQUARING: tl.constexpr, UNBIASED: tl.constexpr,
+                    BLOCK: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, ACC: tl.constexpr,
+                    DOT_PREC: tl.constexpr):
+    ti = tl.program_id(0)
+    dc = tl.program_id(1)
+    rows_i = ti * BLOCK + tl.arange(0, BLOCK)
+    cols_o = dc * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    acc = tl.zeros((BLOCK, BLOCK_DO), ACC)
+    gsum = tl.zeros((BLOCK,), ACC)
+    for j0 in range(0, n, BLOCK):
+        rows_j = j0 + tl.arange(0, BLOCK)
+        d2 = _sq_dists(U, SQ, rows_i, rows_j, n, d, su, BLOCK, BLOCK_D, ACC, DOT_PREC)
+        _, slope = _kernel_and_slope(d2, INVH, NUM_K, SQUARING, True)
+        # the diagonal pair has u_i − u_i = 0: no gradient whatever the estimator
+        g = _pair_weights(rows_i, rows_j, N, n, UNBIASED, True, ACC) * slope  # = −G_ij
+        gsum += tl.sum(g, axis=1)
+        b = _load_rows(U, rows_j, cols_o, n, d, su)
+        acc = tl.dot(g, b, acc, input_precision=DOT_PREC)
+    a = _load_rows(U, rows_i, cols_o, n, d, su)
+    go = tl.load(GOUT).to(ACC)
+    # dL/du_i = 4 g Σ_j G_ij (u_i − u_j) = −4 g (u_i Σ_j g_ij − Σ_j g_ij u_j) with g = −G
+    grad = (acc - a * gsum[:, None]) * (4.0 * go)
+    rows64 = rows_i.to(tl.int64)
+    cmask = cols_o < d
+    tl.store(DX + rows64[:, None] * sdx + cols_o[None, :], grad.to(DX.dtype.element_ty),
+             mask=(rows_i < N)[:, None] & cmask[None, :])
+    tl.store(DY + (rows64 - N)[:, None] * sdy + cols_o[None, :], grad.to(DY.dtype.element_ty),
+             mask=((rows_i >= N) & (rows_i < n))[:, None] & cmask[None, :])
+
+
+# GPU tile configurations, tried once per (d, dtype) by triton.autotune. All keep the fp32 tiles
+# of a 64-row block within the register file (checked with ptxas for sm_90: no or small spills).
+_FWD_CONFIGS = [
+    triton.Config({"BLOCK": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK": 64, "BLOCK_D": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK": 128, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+]
+_BWD_CONFIGS = [
+    triton.Config({"BLOCK": 64, "BLOCK_D": 64, "BLOCK_DO": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK": 64, "BLOCK_D": 32, "BLOCK_DO": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK": 32, "BLOCK_D": 64, "BLOCK_DO": 128}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK": 64, "BLOCK_D": 64, "BLOCK_DO": 64}, num_warps=8, num_stages=2),
+]
+_MIN_FWD_BLOCK = min(c.kwargs["BLOCK"] for c in _FWD_CONFIGS)
+
+
+def _prune_bwd(configs, named_args, **kwargs):
+    # an output block wider than d only wastes registers
+    cap = max(16, triton.next_power_of_2(named_args["d"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_DO"] <= cap]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_DO"])]
+
+
+_mmd_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=["d"], reset_to_zero=["PART"])(_mmd_fwd_kernel)
+_mmd_bwd_tuned = triton.autotune(_BWD_CONFIGS, key=["d"],
+                                 prune_configs_by={"early_config_prune": _prune_bwd})(_mmd_bwd_kernel)
+
+
+def _interp_blocks(d: int, block: int | None, block_d: int | None, block_do: int | None):
+    # interpreter cost is per program and per loop step: few, large blocks
+    dpow = max(16, triton.next_power_of_2(d))
+    return block or 64, block_d or min(dpow, 256), block_do or min(dpow, 256)
+
+
+def _meta(x: torch.Tensor):
+    if x.dtype == torch.float64:
+        return torch.float64, tl.float64, "ieee"
+    if x.dtype == torch.float32:
+        return torch.float32, tl.float32, "tf32x3"
+    return torch.float32, tl.float32, "tf32"
+
+
+def _pooled(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, acc: torch.dtype):
+    """The centred pooled copy U − ū in the accumulation dtype and its squared row norms."""
+    u = torch.cat([x, y]).to(acc)
+    u -= mean
+    return u, u.square().sum(1)
+
+
+def mmd_forward(x: torch.Tensor, y: torch.Tensor, inv_h: torch.Tensor, mean: torch.Tensor,
+                unbiased: bool, squaring: bool, block: int | None = None,
+                block_d: int | None = None) -> torch.Tensor:
+    """MMD² of 2-D ``x`` (N, d), ``y`` (M, d) given ``1/h_k`` and the pooled mean (both in the
+    accumulation dtype). Returns a 0-dim tensor in the accumulation dtype.
+
+    ``block``/``block_d`` fix the tile sizes (tests use them to reach multi-tile paths); without
+    them a GPU autotunes and the interpreter uses large tiles.
+    """
+    N, d = x.shape
+    n = N + y.shape[0]
+    acc, ACC, prec = _meta(x)
+    u, sq = _pooled(x, y, mean, acc)
+    common = dict(NUM_K=inv_h.shape[0], SQUARING=bool(squaring), UNBIASED=bool(unbiased), ACC=ACC,
+                  DOT_PREC=prec)
+    if _INTERPRET or block is not None or block_d is not None:
+        BLOCK, BLOCK_D, _ = _interp_blocks(d, block, block_d, None)
+        t = triton.cdiv(n, BLOCK)
+        part = torch.zeros((t, t), device=x.device, dtype=acc)
+        _mmd_fwd_kernel[(t, t)](u, sq, inv_h, part, N, n, d, u.stride(0), BLOCK=BLOCK,
+                                BLOCK_D=BLOCK_D, num_warps=8, **common)
+    else:
+        # sized for the smallest tile; a config with larger tiles writes a corner of it
+        t = triton.cdiv(n, _MIN_FWD_BLOCK)
+        part = torch.zeros((t, t), device=x.device, dtype=acc)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(n, meta["BLOCK"]))  # noqa: E731
+        _mmd_fwd_tuned[grid](u, sq, inv_h, part, N, n, d, u.stride(0), **common)
+    return part.sum()
+
+
+def mmd_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, inv_h: torch.Tensor,
+                 mean: torch.Tensor, unbiased: bool, squaring: bool, block: int | None = None,
+                 block_d: int | None = None, block_do: int | None = None):
+    """``(dL/dx, dL/dy)`` in the inputs' dtype for upstream gradient ``grad`` (0-dim, on device)."""
+    N, d = x.shape
+    n = N + y.shape[0]
+    acc, ACC, prec = _meta(x)
+    u, sq = _pooled(x, y, mean, acc)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dy = torch.empty_like(y, memory_format=torch.contiguous_format)
+    args = (u, sq, inv_h, grad.reshape(()).to(acc), dx, dy, N, n, d, u.stride(0), dx.stride(0),
+            dy.stride(0))
+    common = dict(NUM_K=inv_h.shape[0], SQUARING=bool(squaring), UNBIASED=bool(unbiased), ACC=ACC,
+                  DOT_PREC=prec)
+    if _INTERPRET or block is not None or block_d is not None or block_do is not None:
+        BLOCK, BLOCK_D, BLOCK_DO = _interp_blocks(d, block, block_d, block_do)
+        grid = (triton.cdiv(n, BLOCK), triton.cdiv(d, BLOCK_DO))
+        _mmd_bwd_kernel[grid](*args, BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_DO=BLOCK_DO, num_warps=8,
+                              **common)
+    else:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["BLOCK_DO"]))  # noqa: E731
+        _mmd_bwd_tuned[grid](*args, **common)
+    return dx, dy

@@ -220,10 +220,10 @@ def test_kl_stop_grad_modes(mode):
     masks_b["b"][:3] = False
     out_b = layer(inputs, masks_b)
     kl = layer.distill(out_a, out_b)["kl"]
-    ga, gb = torch.autograd.grad(kl, [out_a.fused, out_b.fused])
+    ga, gb = torch.autograd.grad(kl, [out_a.fused, out_b.fused], allow_unused=True)
     assert torch.count_nonzero(gb) > 0
     if mode == "richer":
-        assert torch.count_nonzero(ga) == 0
+        assert ga is None or torch.count_nonzero(ga) == 0
     else:
         assert torch.count_nonzero(ga) > 0
     # independent check of the value: T^2 [KL(pa||pb) + KL(pb||pa)], batchmean, in float64

@@ -171,7 +171,8 @@ def _fwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, m_ptr, stats_ptr, part_ptr,
     is_orth = kind == 0
     ntk = tl.cdiv(dy, BD)
     if p < tl.cdiv(dx, BD) * ntk:
-        # stats record of this program: [n, μ_x (dx), μ_y | σ (dy), r_x (N), r_y (N)]
+        # stats record of this program: [n, μ_x (dx), μ_y | σ (dy), r_x (N), r_y (N)]; a decor
+        # record stops after σ (its r slots are never addressed: those loads are masked off)
         rec = stats_ptr + p.to(tl.int64) * STATS_SIZE + soff
         cnt = tl.zeros([BN], dtype=tl.float32)
         for r0 in range(0, N, BN):
@@ -331,20 +332,24 @@ def _bwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, side_ptr, m_ptr, stats_ptr,
         cx = _load_centred(x_ptr, stride_x, rows, sel, cj, jok, off_t, mu)
         u = _u_tile(x_ptr, stride_x, rows, sel, cj, jok, off_o, d_o, mu_o_ptr, sig_ptr, is_orth,
                     kind, rs_o, m_ptr, moff, st_t, st_o, coef, BN, BD, DOT_PREC) * cu
-        # orthogonality: dc = s (U − t c/‖c‖)
-        d_orth = rs_t[:, None] * (u - tt[:, None] * cx)
-        # decorrelation: dc = (U − w Ẑ q / n) / σ with q_j = Σ_l U_lj Ẑ_lj = 2 coef Σ_k C_jk² (j≠k)
-        sgj = tl.load(sig_ptr + cj, mask=jok & ((cj * 0 + kind) != 0), other=1.0)
-        q = tl.zeros([BD], dtype=tl.float32)
-        for k0 in range(0, tl.where(is_orth, 0, dx), BD):
-            ck = k0 + tl.arange(0, BD)
-            cm = jok[:, None] & (ck < dx)[None, :]
-            c = tl.load(m_ptr + moff + cj[:, None] * dx + ck[None, :], mask=cm, other=0.0)
-            q += tl.sum(tl.where(cj[:, None] != ck[None, :], c * c, 0.0), axis=1)
-        q = q * (2.0 * coef)
-        zs = cx / sgj[None, :]
-        d_dec = (u - zs * (q / denom)[None, :]) / sgj[None, :]
-        dd = tl.where(sel[:, None] & jok[None, :], tl.where(is_orth, d_orth, d_dec), 0.0)
+        # (a uniform branch per program: no divergence, and no dead work for the other kind)
+        if is_orth:
+            # orthogonality: dc = s (U − t c/‖c‖)
+            dd = rs_t[:, None] * (u - tt[:, None] * cx)
+        else:
+            # decorrelation: dc = (U − w Ẑ q / n) / σ with
+            # q_j = Σ_l U_lj Ẑ_lj = 2 coef Σ_{k≠j} C_jk² (from the saved C, no pass over rows)
+            sgj = tl.load(sig_ptr + cj, mask=jok, other=1.0)
+            q = tl.zeros([BD], dtype=tl.float32)
+            for k0 in range(0, dx, BD):
+                ck = k0 + tl.arange(0, BD)
+                cm = jok[:, None] & (ck < dx)[None, :]
+                c = tl.load(m_ptr + moff + cj[:, None] * dx + ck[None, :], mask=cm, other=0.0)
+                q += tl.sum(tl.where(cj[:, None] != ck[None, :], c * c, 0.0), axis=1)
+            q = q * (2.0 * coef)
+            zs = cx / sgj[None, :]
+            dd = (u - zs * (q / denom)[None, :]) / sgj[None, :]
+        dd = tl.where(sel[:, None] & jok[None, :], dd, 0.0)
         sm = (rows < N)[:, None] & jok[None, :]
         tl.store(slab_ptr + rows.to(tl.int64)[:, None] * stride_slab + (scol + cj)[None, :], dd, mask=sm)
         tl.store(psum_ptr + r * stride_slab + scol + cj, tl.sum(dd, axis=0), mask=jok)
@@ -434,13 +439,19 @@ def term_list(pairs, decor) -> list[tuple[int, int, int]]:
     return [(KIND_ORTH, int(i), int(j)) for i, j in pairs] + [(KIND_DECOR, int(i), int(i)) for i in decor]
 
 
+def _record_size(kind, dx, dy, n):
+    # [n, μ_x, μ_y, r_x, r_y] (orth) or [n, μ, σ] (decor): every slot is written by the forward,
+    # so the saved stats are fully defined (no uninitialised memory in an op output)
+    return 1 + dx + dy + 2 * n if kind == KIND_ORTH else 1 + 2 * dx
+
+
 def sizes(widths, terms, n):
     """(M size, stats record size) of a term list; pure integer arithmetic (works on SymInts)."""
     m_size = 0
     st_size = 0
     for kind, i, j in terms:
         m_size = m_size + widths[i] * widths[j]
-        st_size = st_size + 1 + widths[i] + widths[j] + 2 * n
+        st_size = st_size + _record_size(kind, widths[i], widths[j], n)
     return m_size, st_size
 
 
@@ -478,7 +489,7 @@ def _plan_cached(widths: tuple, terms: tuple, n: int, device: torch.device, bloc
         dx, dy = widths[i], widths[j]
         rows.append([kind, i, j, dx, dy, offs[i], offs[j], m_off, st_off])
         m_off += dx * dy
-        st_off += 1 + dx + dy + 2 * n
+        st_off += _record_size(kind, dx, dy, n)
         tiles = max(tiles, triton.cdiv(dx, bd) * triton.cdiv(dy, bd))
         sides.append((t, 0, i, dx))
         if kind == KIND_ORTH:

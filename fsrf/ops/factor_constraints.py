@@ -28,72 +28,78 @@ from fsrf.reference import factor_constraints as _ref
 __all__ = ["factor_constraints"]
 
 
-def _pairs_list(flat: Sequence[int]) -> list[tuple[int, int]]:
-    return [(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
+def _unflatten(terms: Sequence[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Flattened ``[kind, i, j, ...]`` triples -> (pairs, decorrelate)."""
+    triples = [tuple(terms[k:k + 3]) for k in range(0, len(terms), 3)]
+    return [(i, j) for kind, i, j in triples if kind == 0], [i for kind, i, _ in triples if kind == 1]
 
 
+# The term list travels as one flat int list of (kind, i, j) triples, never empty (the public
+# function bypasses the op when there is no term): autograd expects the structure of list inputs
+# back from the backward, and treats an empty int list differently in eager mode and under
+# torch.compile.
 @torch.library.custom_op("fsrf::factor_constraints", mutates_args=())
-def _fc_op(factors: List[Tensor], pairs: List[int], decorrelate: List[int], masks: Optional[Tensor],
-           detach_norm: bool, orth_eps: float, decor_eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _fc_op(factors: List[Tensor], terms: List[int], masks: Optional[Tensor], detach_norm: bool,
+           orth_eps: float, decor_eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (per-term losses, packed factors, Gram matrices fp32, stats fp32).
 
-    ``pairs`` is flattened ``[i0, j0, i1, j1, ...]``; ``masks`` is ``None`` or (F, N) bool.
+    ``terms`` is ``[kind, i, j, ...]`` (kind 0: orthogonality of (i, j), 1: decorrelation of i,
+    pairs first); ``masks`` is ``None`` or (F, N) bool.
     """
     from fsrf.kernels import factor_constraints as _k
 
-    return _k.forward(factors, _pairs_list(pairs), decorrelate, masks, orth_eps, decor_eps)
+    pairs, decor = _unflatten(terms)
+    return _k.forward(factors, pairs, decor, masks, orth_eps, decor_eps)
 
 
 @_fc_op.register_fake
-def _(factors, pairs, decorrelate, masks, detach_norm, orth_eps, decor_eps):
+def _(factors, terms, masks, detach_norm, orth_eps, decor_eps):
     from fsrf.kernels._gram import sizes, term_list
 
     f0 = factors[0]
     n = f0.shape[0]
     widths = [f.shape[1] for f in factors]
-    terms = term_list(_pairs_list(pairs), decorrelate)
-    m_size, st_size = sizes(widths, terms, n)
+    tl = term_list(*_unflatten(terms))
+    m_size, st_size = sizes(widths, tl, n)
     total = 0
     for w in widths:
         total = total + w
-    return (f0.new_empty((len(terms),)), f0.new_empty((n, total)),
+    return (f0.new_empty((len(tl),)), f0.new_empty((n, total)),
             f0.new_empty((m_size,), dtype=torch.float32), f0.new_empty((st_size,), dtype=torch.float32))
 
 
 @torch.library.custom_op("fsrf::factor_constraints_backward", mutates_args=())
 def _fc_bwd_op(grad: Tensor, packed: Tensor, m: Tensor, stats: Tensor, masks: Optional[Tensor],
-               widths: List[int], pairs: List[int], decorrelate: List[int], detach_norm: bool,
-               orth_eps: float) -> Tensor:
+               widths: List[int], terms: List[int], detach_norm: bool, orth_eps: float) -> Tensor:
     """Gradient w.r.t. the packed factors (N, Σ widths)."""
     from fsrf.kernels import factor_constraints as _k
 
-    return _k.backward(grad, packed, masks, m, stats, widths, _pairs_list(pairs), decorrelate,
-                       detach_norm, orth_eps)
+    pairs, decor = _unflatten(terms)
+    return _k.backward(grad, packed, masks, m, stats, widths, pairs, decor, detach_norm, orth_eps)
 
 
 @_fc_bwd_op.register_fake
-def _(grad, packed, m, stats, masks, widths, pairs, decorrelate, detach_norm, orth_eps):
+def _(grad, packed, m, stats, masks, widths, terms, detach_norm, orth_eps):
     return torch.empty_like(packed)
 
 
 def _setup(ctx, inputs, output):
-    factors, pairs, decorrelate, masks, detach_norm, orth_eps, _decor_eps = inputs
+    factors, terms, masks, detach_norm, orth_eps, _decor_eps = inputs
     _, packed, m, stats = output
     ctx.save_for_backward(packed, m, stats, masks)
     ctx.widths = [f.shape[1] for f in factors]
-    ctx.pairs, ctx.decorrelate = list(pairs), list(decorrelate)
+    ctx.terms = list(terms)
     ctx.detach_norm, ctx.orth_eps = detach_norm, orth_eps
 
 
 def _backward(ctx, grad, _g_packed, _g_m, _g_stats):
     packed, m, stats, masks = ctx.saved_tensors
-    gp = _fc_bwd_op(grad, packed, m, stats, masks, ctx.widths, ctx.pairs, ctx.decorrelate,
-                    ctx.detach_norm, ctx.orth_eps)
+    gp = _fc_bwd_op(grad, packed, m, stats, masks, ctx.widths, ctx.terms, ctx.detach_norm, ctx.orth_eps)
     grads, off = [], 0
     for w in ctx.widths:
         grads.append(gp[:, off:off + w])
         off += w
-    return grads, None, None, None, None, None, None
+    return grads, None, None, None, None, None
 
 
 _fc_op.register_autograd(_backward, setup_context=_setup)
@@ -169,7 +175,7 @@ def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int
         _checks.check_finite(f, f"factors[{i}]")
     chosen = _pick_backend("factor_constraints", backend, factors[0], "factors")
 
-    if chosen == "triton":
+    if chosen == "triton" and (flat or decor):
         packed_masks = None
         if mask_list is not None and any(m is not None for m in mask_list):
             ones = None
@@ -181,6 +187,10 @@ def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int
                     m = ones
                 rows.append(m)
             packed_masks = torch.stack(rows)
-        return _fc_op(list(factors), flat, decor, packed_masks, detach_norm, orth_eps, decor_eps)[0]
-    return _ref.factor_constraints(factors, _pairs_list(flat), decor, masks=mask_list,
+        terms = [v for k in range(0, len(flat), 2) for v in (0, flat[k], flat[k + 1])]
+        terms += [v for i in decor for v in (1, i, i)]
+        return _fc_op(list(factors), terms, packed_masks, detach_norm, orth_eps, decor_eps)[0]
+    # the reference (also for an empty term list: an empty result that stays in the graph)
+    pairs = [(flat[k], flat[k + 1]) for k in range(0, len(flat), 2)]
+    return _ref.factor_constraints(factors, pairs, decor, masks=mask_list,
                                    detach_norm=detach_norm, orth_eps=orth_eps, decor_eps=decor_eps)

@@ -41,5 +41,6 @@ def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[tuple[int, int
     for i in decorrelate:
         terms.append(decorrelation_loss(factors[i], eps=decor_eps, weight=weight(i)))
     if not terms:
-        return factors[0].new_zeros((0,))
+        # an empty result that is still part of the graph, so .backward() on its sum works
+        return factors[0].sum().reshape(1)[:0]
     return torch.stack(terms)

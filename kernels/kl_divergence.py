@@ -167,9 +167,11 @@ def kl_divergence_forward(student: torch.Tensor, teacher: torch.Tensor, temperat
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     ACC = tl.float64 if acc == torch.float64 else tl.float32
     dev = student.device
-    empty = student.new_empty((0,))
-    ds = torch.empty_like(student, memory_format=torch.contiguous_format) if need_grad_student else empty
-    dt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if need_grad_teacher else empty
+    # separate placeholders: custom-op outputs must not alias each other
+    ds = (torch.empty_like(student, memory_format=torch.contiguous_format) if need_grad_student
+          else student.new_empty((0,)))
+    dt = (torch.empty_like(teacher, memory_format=torch.contiguous_format) if need_grad_teacher
+          else teacher.new_empty((0,)))
     row_loss = torch.empty((R,), device=dev, dtype=acc)
     BLOCK = block or min(MAX_BLOCK, triton.next_power_of_2(C))
     T = float(temperature)

@@ -67,6 +67,19 @@ namespace {
 // stay in a core's L2. Chosen by measurement on the benchmark shapes (see the benchmark file).
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 256;
+// Smallest amount of work (multiply-adds) worth handing to another thread: waking an OpenMP
+// team costs microseconds, far more than a tiny attention problem.
+constexpr int64_t kMinWorkPerChunk = int64_t(1) << 16;
+
+int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, kMinWorkPerChunk / std::max<int64_t>(1, work_per_task));
+}
+
+int64_t mean_observed(const std::vector<int64_t>& count) {
+  int64_t s = 0;
+  for (int64_t c : count) s += c;
+  return count.empty() ? 0 : s / static_cast<int64_t>(count.size());
+}
 
 template <typename T>
 struct TileKernels {
@@ -212,7 +225,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // Tasks are (pair, query block): the forward has no reduction across query blocks, so this
   // keeps both cores busy even when B*H is small. A thread's tasks are contiguous, so the
   // gathered keys/values of a pair are built once per thread and reused across its blocks.
-  at::parallel_for(0, B * H * nqb, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(2 * std::min(kBlockQ, Tq) * mean_observed(ki.count) * Dh);
+  at::parallel_for(0, B * H * nqb, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> kt_buf, v_buf, q_buf, s_buf, acc_buf, m_buf, l_buf;
     int64_t cached_pair = -1;
     const T* vpair = nullptr;
@@ -311,7 +325,8 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   I* gvp = gv.data_ptr<I>();
   const TileKernels<T>& K = kernels<T>();
 
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(5 * Tq * mean_observed(ki.count) * Dh);
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> q_buf, do_buf, d_buf, k_buf, kt_buf, vt_buf, dq_buf, dk_buf, dv_buf, p_buf, dp_buf, lse_buf,
         sum_buf;
     for (int64_t pair = begin; pair < end; ++pair) {

@@ -57,8 +57,8 @@ import triton.language as tl
 KIND_ORTH = 0
 KIND_DECOR = 1
 
-# term table columns: kind, fx, fy, dx, dy, offx, offy, m_off, stats_off
-TCOLS = tl.constexpr(9)
+# term table columns: kind, fx, fy, dx, dy, offx, offy, m_off, stats_off, vec_off (split path)
+TCOLS = tl.constexpr(10)
 # side table columns: term, role (0: the X side, 1: the Y side), slab column offset
 SCOLS = tl.constexpr(3)
 # factor table columns: column offset, width, first side, end of sides (CSR into the side list)
@@ -69,9 +69,9 @@ FCOLS = tl.constexpr(4)
 # device helpers
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK: tl.constexpr):
-    """Rows that take part in a term: in range and observed in both of its factors."""
-    ok = rows < N
+def _rows_sel(mask_ptr, fx, fy, rows, lim, N, HAS_MASK: tl.constexpr):
+    """Rows that take part in a term: below ``lim`` (≤ N) and observed in both of its factors."""
+    ok = rows < lim
     if HAS_MASK:
         mx = tl.load(mask_ptr + fx * N + rows, mask=ok, other=0)
         my = tl.load(mask_ptr + fy * N + rows, mask=ok, other=0)
@@ -91,19 +91,20 @@ def _load_centred(x_ptr, stride_x, rows, sel, cols, cok, off, mu):
 
 
 @triton.jit
-def _col_means(x_ptr, stride_x, mask_ptr, fx, fy, N, off, d, out_ptr, denom,
-               HAS_MASK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _col_sums(x_ptr, stride_x, mask_ptr, fx, fy, r_lo, r_hi, N, off, d, out_ptr, scale,
+              HAS_MASK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """``scale · Σ_rows x[rows, off:off+d]`` over the selected rows of ``[r_lo, r_hi)``."""
     for c0 in range(0, d, BD):
         cols = c0 + tl.arange(0, BD)
         cok = cols < d
         acc = tl.zeros([BD], dtype=tl.float32)
-        for r0 in range(0, N, BN):
+        for r0 in range(r_lo, r_hi, BN):
             rows = r0 + tl.arange(0, BN)
-            sel = _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK)
+            sel = _rows_sel(mask_ptr, fx, fy, rows, r_hi, N, HAS_MASK)
             m = sel[:, None] & cok[None, :]
             ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_x + (off + cols)[None, :]
             acc += tl.sum(tl.load(ptrs, mask=m, other=0.0).to(tl.float32), axis=0)
-        tl.store(out_ptr + cols, acc / denom, mask=cok)
+        tl.store(out_ptr + cols, acc * scale, mask=cok)
 
 
 @triton.jit
@@ -111,7 +112,7 @@ def _row_norms(x_ptr, stride_x, mask_ptr, fx, fy, N, off, d, mu_ptr, out_ptr,
                HAS_MASK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     for r0 in range(0, N, BN):
         rows = r0 + tl.arange(0, BN)
-        sel = _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK)
+        sel = _rows_sel(mask_ptr, fx, fy, rows, N, N, HAS_MASK)
         sq = tl.zeros([BN], dtype=tl.float32)
         for c0 in range(0, d, BD):
             cols = c0 + tl.arange(0, BD)
@@ -132,7 +133,7 @@ def _col_stds(x_ptr, stride_x, mask_ptr, fx, fy, N, off, d, mu_ptr, out_ptr, den
         acc = tl.zeros([BD], dtype=tl.float32)
         for r0 in range(0, N, BN):
             rows = r0 + tl.arange(0, BN)
-            sel = _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK)
+            sel = _rows_sel(mask_ptr, fx, fy, rows, N, N, HAS_MASK)
             cx = _load_centred(x_ptr, stride_x, rows, sel, cols, cok, off, mu)
             acc += tl.sum(cx * cx, axis=0)
         # biased variance over the term's rows, as BatchNorm / Barlow Twins
@@ -177,14 +178,15 @@ def _fwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, m_ptr, stats_ptr, part_ptr,
         cnt = tl.zeros([BN], dtype=tl.float32)
         for r0 in range(0, N, BN):
             rows = r0 + tl.arange(0, BN)
-            cnt += _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK).to(tl.float32)
+            cnt += _rows_sel(mask_ptr, fx, fy, rows, N, N, HAS_MASK).to(tl.float32)
         n = tl.sum(cnt, axis=0)
         denom = tl.maximum(n, 1.0)
         tl.store(rec, n)
-        _col_means(x_ptr, stride_x, mask_ptr, fx, fy, N, offx, dx, rec + 1, denom, HAS_MASK, BN, BD)
+        _col_sums(x_ptr, stride_x, mask_ptr, fx, fy, 0, N, N, offx, dx, rec + 1, 1.0 / denom,
+                  HAS_MASK, BN, BD)
         if is_orth:
-            _col_means(x_ptr, stride_x, mask_ptr, fx, fy, N, offy, dy, rec + 1 + dx, denom,
-                       HAS_MASK, BN, BD)
+            _col_sums(x_ptr, stride_x, mask_ptr, fx, fy, 0, N, N, offy, dy, rec + 1 + dx, 1.0 / denom,
+                      HAS_MASK, BN, BD)
         # the vectors just stored are read back by other threads of this program
         tl.debug_barrier()
         if is_orth:
@@ -214,7 +216,7 @@ def _fwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, m_ptr, stats_ptr, part_ptr,
         acc = tl.zeros([BD, BD], dtype=tl.float32)
         for r0 in range(0, N, BN):
             rows = r0 + tl.arange(0, BN)
-            sel = _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK)
+            sel = _rows_sel(mask_ptr, fx, fy, rows, N, N, HAS_MASK)
             xa = _load_centred(x_ptr, stride_x, rows, sel, cj, jok, offx, mu_j)
             yb = _load_centred(x_ptr, stride_x, rows, sel, ck, kok, offy, mu_k)
             # row norms only exist for orthogonality terms
@@ -230,6 +232,177 @@ def _fwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, m_ptr, stats_ptr, part_ptr,
         tl.store(m_ptr + moff + cj[:, None] * dy + ck[None, :], mst, mask=mm)
         keep = mm & (is_orth | (cj[:, None] != ck[None, :]))
         tot = tl.sum(tl.sum(tl.where(keep, mst * mst, 0.0), axis=1), axis=0)
+        tl.store(part_ptr + p * T + t, tot * _term_scale(is_orth, dx, dy, n))
+    else:
+        tl.store(part_ptr + p * T + t, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward, split path for large N: (1) per row block column sums, (2) per (tile, row block) partial
+# Gram with centring / row norms applied on load, (3) per tile: sum of the partial Grams, loss
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _sum_kernel(x_ptr, stride_x, mask_ptr, term_ptr, vsum_ptr, N, RB, VSIZE,
+                HAS_MASK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    t = tl.program_id(0)
+    s = tl.program_id(1)
+    tb = term_ptr + t * TCOLS
+    kind = tl.load(tb + 0)
+    fx = tl.load(tb + 1)
+    fy = tl.load(tb + 2)
+    dx = tl.load(tb + 3)
+    dy = tl.load(tb + 4)
+    offx = tl.load(tb + 5)
+    offy = tl.load(tb + 6)
+    voff = tl.load(tb + 9)
+    r_lo = s * RB
+    r_hi = tl.minimum(r_lo + RB, N)
+    # per-block vector: [row count, Σ x (dx), Σ y (dy, orthogonality only)]
+    out = vsum_ptr + s.to(tl.int64) * VSIZE + voff
+    cnt = tl.zeros([BN], dtype=tl.float32)
+    for r0 in range(r_lo, r_hi, BN):
+        rows = r0 + tl.arange(0, BN)
+        cnt += _rows_sel(mask_ptr, fx, fy, rows, r_hi, N, HAS_MASK).to(tl.float32)
+    tl.store(out, tl.sum(cnt, axis=0))
+    _col_sums(x_ptr, stride_x, mask_ptr, fx, fy, r_lo, r_hi, N, offx, dx, out + 1, 1.0, HAS_MASK, BN, BD)
+    if kind == 0:
+        _col_sums(x_ptr, stride_x, mask_ptr, fx, fy, r_lo, r_hi, N, offy, dy, out + 1 + dx, 1.0,
+                  HAS_MASK, BN, BD)
+
+
+@triton.jit
+def _gram_split_kernel(x_ptr, stride_x, mask_ptr, term_ptr, vsum_ptr, scr_ptr, mpart_ptr, stats_ptr,
+                       N, S, RB, VSIZE, M_SIZE, orth_eps,
+                       HAS_MASK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                       DOT_PREC: tl.constexpr):
+    t = tl.program_id(0)
+    p = tl.program_id(1)
+    s = tl.program_id(2)
+    tb = term_ptr + t * TCOLS
+    kind = tl.load(tb + 0)
+    fx = tl.load(tb + 1)
+    fy = tl.load(tb + 2)
+    dx = tl.load(tb + 3)
+    dy = tl.load(tb + 4)
+    offx = tl.load(tb + 5)
+    offy = tl.load(tb + 6)
+    moff = tl.load(tb + 7)
+    soff = tl.load(tb + 8)
+    voff = tl.load(tb + 9)
+    is_orth = kind == 0
+    ntk = tl.cdiv(dy, BD)
+    if p < tl.cdiv(dx, BD) * ntk:
+        # program (t, 0, 0) writes the saved stats; every program keeps its own means in scratch
+        keep = (p == 0) & (s == 0)
+        scr = scr_ptr + (p * S + s).to(tl.int64) * VSIZE + voff
+        n = 0.0
+        for q in range(0, S):
+            n += tl.load(vsum_ptr + q * VSIZE + voff)
+        denom = tl.maximum(n, 1.0)
+        if keep:
+            tl.store(stats_ptr + soff, n)
+        nv = 1 + dx + tl.where(is_orth, dy, 0)
+        for c0 in range(1, nv, BD):
+            idx = c0 + tl.arange(0, BD)
+            ok = idx < nv
+            acc1 = tl.zeros([BD], dtype=tl.float32)
+            for q in range(0, S):
+                acc1 += tl.load(vsum_ptr + q * VSIZE + voff + idx, mask=ok, other=0.0)
+            tl.store(scr + idx, acc1 / denom, mask=ok)
+            if keep:
+                tl.store(stats_ptr + soff + idx, acc1 / denom, mask=ok)
+        tl.debug_barrier()
+
+        jt = p // ntk
+        kt = p % ntk
+        cj = jt * BD + tl.arange(0, BD)
+        jok = cj < dx
+        ck = kt * BD + tl.arange(0, BD)
+        kok = ck < dy
+        mu_j = tl.load(scr + 1 + cj, mask=jok, other=0.0)
+        mu_k = tl.load(scr + tl.where(is_orth, 1 + dx, 1) + ck, mask=kok, other=0.0)
+        r_lo = s * RB
+        r_hi = tl.minimum(r_lo + RB, N)
+        acc = tl.zeros([BD, BD], dtype=tl.float32)
+        for r0 in range(r_lo, r_hi, BN):
+            rows = r0 + tl.arange(0, BN)
+            sel = _rows_sel(mask_ptr, fx, fy, rows, r_hi, N, HAS_MASK)
+            rsx = tl.full([BN], 1.0, tl.float32)
+            rsy = tl.full([BN], 1.0, tl.float32)
+            if is_orth:
+                # the row norms need whole rows: read them here, once per row step
+                sqx = tl.zeros([BN], dtype=tl.float32)
+                for c0 in range(0, dx, BD):
+                    cols = c0 + tl.arange(0, BD)
+                    cok = cols < dx
+                    mu = tl.load(scr + 1 + cols, mask=cok, other=0.0)
+                    cx = _load_centred(x_ptr, stride_x, rows, sel, cols, cok, offx, mu)
+                    sqx += tl.sum(cx * cx, axis=1)
+                sqy = tl.zeros([BN], dtype=tl.float32)
+                for c0 in range(0, dy, BD):
+                    cols = c0 + tl.arange(0, BD)
+                    cok = cols < dy
+                    mu = tl.load(scr + 1 + dx + cols, mask=cok, other=0.0)
+                    cy = _load_centred(x_ptr, stride_x, rows, sel, cols, cok, offy, mu)
+                    sqy += tl.sum(cy * cy, axis=1)
+                rx = tl.sqrt(sqx)
+                ry = tl.sqrt(sqy)
+                if p == 0:
+                    tl.store(stats_ptr + soff + 1 + dx + dy + rows, rx, mask=rows < r_hi)
+                    tl.store(stats_ptr + soff + 1 + dx + dy + N + rows, ry, mask=rows < r_hi)
+                rsx = 1.0 / (rx + orth_eps)
+                rsy = 1.0 / (ry + orth_eps)
+            xa = _load_centred(x_ptr, stride_x, rows, sel, cj, jok, offx, mu_j) * rsx[:, None]
+            yb = _load_centred(x_ptr, stride_x, rows, sel, ck, kok, offy, mu_k) * rsy[:, None]
+            acc += tl.dot(tl.trans(xa), yb, input_precision=DOT_PREC)
+        mm = jok[:, None] & kok[None, :]
+        tl.store(mpart_ptr + s.to(tl.int64) * M_SIZE + moff + cj[:, None] * dy + ck[None, :], acc, mask=mm)
+
+
+@triton.jit
+def _finalize_kernel(mpart_ptr, S, M_SIZE, term_ptr, m_ptr, stats_ptr, part_ptr, T, decor_eps,
+                     BD: tl.constexpr):
+    t = tl.program_id(0)
+    p = tl.program_id(1)
+    tb = term_ptr + t * TCOLS
+    kind = tl.load(tb + 0)
+    dx = tl.load(tb + 3)
+    dy = tl.load(tb + 4)
+    moff = tl.load(tb + 7)
+    soff = tl.load(tb + 8)
+    is_orth = kind == 0
+    ntk = tl.cdiv(dy, BD)
+    if p < tl.cdiv(dx, BD) * ntk:
+        jt = p // ntk
+        kt = p % ntk
+        cj = jt * BD + tl.arange(0, BD)
+        jok = cj < dx
+        ck = kt * BD + tl.arange(0, BD)
+        kok = ck < dy
+        mm = jok[:, None] & kok[None, :]
+        n = tl.load(stats_ptr + soff)
+        denom = tl.maximum(n, 1.0)
+        acc = tl.zeros([BD, BD], dtype=tl.float32)
+        for q in range(0, S):
+            acc += tl.load(mpart_ptr + q * M_SIZE + moff + cj[:, None] * dy + ck[None, :], mask=mm, other=0.0)
+        if is_orth:
+            mst = acc
+        else:
+            # decorrelation: the split Gram is of the centred, unscaled columns; σ² is its
+            # diagonal / n (+ eps), and C = M / (n σ_j σ_k) equals the Gram of the standardised ones
+            vj = tl.zeros([BD], dtype=tl.float32)
+            vk = tl.zeros([BD], dtype=tl.float32)
+            for q in range(0, S):
+                vj += tl.load(mpart_ptr + q * M_SIZE + moff + cj * (dx + 1), mask=jok, other=0.0)
+                vk += tl.load(mpart_ptr + q * M_SIZE + moff + ck * (dx + 1), mask=kok, other=0.0)
+            sj = tl.sqrt(vj / denom + decor_eps)
+            sk = tl.sqrt(vk / denom + decor_eps)
+            mst = acc / (denom * sj[:, None] * sk[None, :])
+            if jt == kt:
+                tl.store(stats_ptr + soff + 1 + dx + cj, sj, mask=jok)
+        tl.store(m_ptr + moff + cj[:, None] * dy + ck[None, :], mst, mask=mm)
+        keepm = mm & (is_orth | (cj[:, None] != ck[None, :]))
+        tot = tl.sum(tl.sum(tl.where(keepm, mst * mst, 0.0), axis=1), axis=0)
         tl.store(part_ptr + p * T + t, tot * _term_scale(is_orth, dx, dy, n))
     else:
         tl.store(part_ptr + p * T + t, 0.0)
@@ -301,7 +474,7 @@ def _bwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, side_ptr, m_ptr, stats_ptr,
     cu = tl.where(is_orth, 1.0, 2.0 / denom)
 
     rows = r * BN + tl.arange(0, BN)
-    sel = _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK)
+    sel = _rows_sel(mask_ptr, fx, fy, rows, N, N, HAS_MASK)
     # (scalar conditions are broadcast to lanes before joining a load mask: the interpreter
     # rejects scalar & tensor masks)
     orth_rows = sel & ((rows * 0 + kind) == 0)
@@ -382,7 +555,7 @@ def _reduce_kernel(slab_ptr, stride_slab, psum_ptr, NTN, term_ptr, side_ptr, fac
         fy = tl.load(term_ptr + t * TCOLS + 2)
         soff = tl.load(term_ptr + t * TCOLS + 8)
         denom = tl.maximum(tl.load(stats_ptr + soff), 1.0)
-        sel = _rows_sel(mask_ptr, fx, fy, rows, N, HAS_MASK)
+        sel = _rows_sel(mask_ptr, fx, fy, rows, N, N, HAS_MASK)
         # column sums of the slab over all rows (the centring backward needs the full batch)
         cs = tl.zeros([BD], dtype=tl.float32)
         for rr in range(0, NTN):
@@ -398,12 +571,19 @@ def _reduce_kernel(slab_ptr, stride_slab, psum_ptr, NTN, term_ptr, side_ptr, fac
 # ----------------------------------------------------------------------------------------------
 # host side: plans (cached tables) and launchers
 # ----------------------------------------------------------------------------------------------
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
-# Test hook: force (BLOCK_N, BLOCK_D) to exercise the multi-tile loops with small shapes.
+# Test hooks: force (BLOCK_N, BLOCK_D), or the number of row blocks of the split forward, to
+# exercise the multi-tile loops and the large-N path with small shapes under the interpreter.
 _BLOCK_OVERRIDE: tuple[int, int] | None = None
+_SPLIT_OVERRIDE: int | None = None
+
+# Split forward on GPU: only above this batch size (FSRF batches keep the single launch), aiming
+# at about this many programs, with the partial Gram matrices capped at this many fp32 values.
+_SPLIT_MIN_ROWS = 1024
+_SPLIT_TARGET_PROGRAMS = 528        # 4 per SM on an H100 (132 SMs)
+_SPLIT_MAX_PARTIAL = 1 << 23        # 32 MiB
+# Backward: the reduce kernel sums the per-row-tile column sums itself up to this many row tiles;
+# beyond, one torch reduction first (keeps the reduce kernel linear in N).
+_REDUCE_INLINE_TILES = 8
 
 
 @dataclass(frozen=True)
@@ -464,64 +644,84 @@ class Plan:
     n_sides: int
     n_factors: int
     total_width: int
+    dmax: int
     m_size: int
     stats_size: int
+    vec_size: int       # split path: Σ (1 + d_x + d_y) per-block sums
     slab_width: int
     tiles: int          # forward programs per term (max tile pairs)
+    split: int          # forward row blocks (1: the single-launch path)
+    rows_per_block: int
     blocks: Blocks
     term_table: torch.Tensor
     side_table: torch.Tensor
     factor_table: torch.Tensor
     factor_sides: torch.Tensor
-    offsets: tuple
+
+
+def _split(n: int, n_terms: int, tiles: int, m_size: int, bn: int, device: torch.device) -> tuple[int, int]:
+    if _SPLIT_OVERRIDE is not None:
+        s = _SPLIT_OVERRIDE
+    elif device.type != "cuda" or n <= _SPLIT_MIN_ROWS:
+        return 1, n
+    else:
+        s = triton.cdiv(_SPLIT_TARGET_PROGRAMS, max(1, n_terms * tiles))
+        s = min(s, triton.cdiv(n, 256), max(1, _SPLIT_MAX_PARTIAL // max(m_size, 1)))
+    if s <= 1:
+        return 1, n
+    rb = triton.cdiv(triton.cdiv(n, s), bn) * bn
+    return triton.cdiv(n, rb), rb
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_cached(widths: tuple, terms: tuple, n: int, device: torch.device, blocks: Blocks) -> Plan:
+def _plan_cached(widths: tuple, terms: tuple, n: int, device: torch.device, blocks: Blocks,
+                 split_override) -> Plan:
     bd = blocks.bd_fwd
     offs = [0]
     for w in widths:
         offs.append(offs[-1] + w)
     rows, sides = [], []
-    m_off = st_off = 0
+    m_off = st_off = v_off = 0
     tiles = 1
     for t, (kind, i, j) in enumerate(terms):
         dx, dy = widths[i], widths[j]
-        rows.append([kind, i, j, dx, dy, offs[i], offs[j], m_off, st_off])
+        rows.append([kind, i, j, dx, dy, offs[i], offs[j], m_off, st_off, v_off])
         m_off += dx * dy
         st_off += _record_size(kind, dx, dy, n)
+        v_off += 1 + dx + (dy if kind == KIND_ORTH else 0)
         tiles = max(tiles, triton.cdiv(dx, bd) * triton.cdiv(dy, bd))
         sides.append((t, 0, i, dx))
         if kind == KIND_ORTH:
             sides.append((t, 1, j, dy))
     side_rows, slab_col = [], 0
     per_factor: list[list[int]] = [[] for _ in widths]
-    for s, (t, role, f, d) in enumerate(sides):
+    for s_, (t, role, f, d) in enumerate(sides):
         side_rows.append([t, role, slab_col])
         slab_col += d
-        per_factor[f].append(s)
+        per_factor[f].append(s_)
     fac_rows, fsides = [], []
     for f, ss in enumerate(per_factor):
         fac_rows.append([offs[f], widths[f], len(fsides), len(fsides) + len(ss)])
         fsides.extend(ss)
+    split, rb = _split(n, len(terms), tiles, m_off, blocks.bn_fwd, device)
 
     def table(data, cols):
         return torch.tensor(data if data else [[0] * cols], dtype=torch.int32, device=device)
 
     return Plan(n=n, n_terms=len(terms), n_sides=len(sides), n_factors=len(widths),
-                total_width=offs[-1], m_size=m_off, stats_size=st_off, slab_width=slab_col,
-                tiles=tiles, blocks=blocks,
-                term_table=table(rows, 9), side_table=table(side_rows, 3),
+                total_width=offs[-1], dmax=max(widths), m_size=m_off, stats_size=st_off,
+                vec_size=v_off, slab_width=slab_col, tiles=tiles, split=split, rows_per_block=rb,
+                blocks=blocks, term_table=table(rows, 10), side_table=table(side_rows, 3),
                 factor_table=table(fac_rows, 4),
-                factor_sides=torch.tensor(fsides if fsides else [0], dtype=torch.int32, device=device),
-                offsets=tuple(offs))
+                factor_sides=torch.tensor(fsides if fsides else [0], dtype=torch.int32, device=device))
 
 
 def plan(widths, terms, n: int, device: torch.device) -> Plan:
     """The cached :class:`Plan` for these factor widths, terms and batch size."""
     widths = tuple(int(w) for w in widths)
+    device = torch.device(device)
     blocks = _blocks(n, max(widths), device)
-    return _plan_cached(widths, tuple(terms), int(n), torch.device(device), blocks)
+    return _plan_cached(widths, tuple(terms), int(n), device, blocks, _SPLIT_OVERRIDE)
 
 
 def _dot_prec(dtype: torch.dtype) -> str:
@@ -530,22 +730,45 @@ def _dot_prec(dtype: torch.dtype) -> str:
 
 def forward(packed: torch.Tensor, masks: torch.Tensor | None, pl: Plan, orth_eps: float,
             decor_eps: float):
-    """Launch the grouped forward. Returns (per-term losses fp32 (T,), M fp32, stats fp32)."""
+    """Launch the grouped forward. Returns (per-term losses fp32 (T,), M fp32, stats fp32).
+
+    One kernel launch when ``pl.split == 1`` (always for N ≤ 1024); otherwise three (column sums,
+    partial Grams per row block, finalisation)."""
     dev = packed.device
     T = pl.n_terms
+    bk = pl.blocks
+    mask_arg = masks if masks is not None else packed
+    has_mask = masks is not None
     m = torch.empty(max(pl.m_size, 1), dtype=torch.float32, device=dev)[: pl.m_size]
-    stats = torch.empty((pl.tiles, max(pl.stats_size, 1)), dtype=torch.float32, device=dev)
     part = torch.empty((pl.tiles, T), dtype=torch.float32, device=dev)
-    if T > 0:
-        mask_arg = masks if masks is not None else packed
-        _fwd_kernel[(T, pl.tiles)](
-            packed, packed.stride(0), mask_arg, pl.term_table, m, stats, part,
-            pl.n, T, stats.stride(0), float(orth_eps), float(decor_eps),
-            HAS_MASK=masks is not None, BN=pl.blocks.bn_fwd, BD=pl.blocks.bd_fwd,
-            DOT_PREC=_dot_prec(packed.dtype), num_warps=pl.blocks.warps_fwd)
+    if pl.split == 1:
+        # every program keeps its own stats record (no cross-program sync); row 0 is returned
+        stats = torch.empty((pl.tiles, max(pl.stats_size, 1)), dtype=torch.float32, device=dev)
+        if T > 0:
+            _fwd_kernel[(T, pl.tiles)](
+                packed, packed.stride(0), mask_arg, pl.term_table, m, stats, part,
+                pl.n, T, stats.stride(0), float(orth_eps), float(decor_eps),
+                HAS_MASK=has_mask, BN=bk.bn_fwd, BD=bk.bd_fwd, DOT_PREC=_dot_prec(packed.dtype),
+                num_warps=bk.warps_fwd)
+        stats = stats[0, : pl.stats_size]
+    else:
+        S = pl.split
+        stats = torch.empty(max(pl.stats_size, 1), dtype=torch.float32, device=dev)[: pl.stats_size]
+        vsum = torch.empty((S, pl.vec_size), dtype=torch.float32, device=dev)
+        scr = torch.empty((pl.tiles * S, pl.vec_size), dtype=torch.float32, device=dev)
+        mpart = torch.empty((S, pl.m_size), dtype=torch.float32, device=dev)
+        _sum_kernel[(T, S)](packed, packed.stride(0), mask_arg, pl.term_table, vsum, pl.n,
+                            pl.rows_per_block, pl.vec_size, HAS_MASK=has_mask, BN=bk.bn_fwd,
+                            BD=bk.bd_fwd, num_warps=4)
+        _gram_split_kernel[(T, pl.tiles, S)](
+            packed, packed.stride(0), mask_arg, pl.term_table, vsum, scr, mpart, stats,
+            pl.n, S, pl.rows_per_block, pl.vec_size, pl.m_size, float(orth_eps),
+            HAS_MASK=has_mask, BN=bk.bn_fwd, BD=bk.bd_fwd, DOT_PREC=_dot_prec(packed.dtype),
+            num_warps=bk.warps_fwd)
+        _finalize_kernel[(T, pl.tiles)](mpart, S, pl.m_size, pl.term_table, m, stats, part, T,
+                                        float(decor_eps), BD=bk.bd_fwd, num_warps=bk.warps_fwd)
     loss = part[0] if pl.tiles == 1 else part.sum(dim=0)
-    # only program 0's record is kept: the others hold the same values
-    return loss, m, stats[0, : pl.stats_size]
+    return loss, m, stats
 
 
 def backward(grad_loss: torch.Tensor, packed: torch.Tensor, masks: torch.Tensor | None,
@@ -568,9 +791,11 @@ def backward(grad_loss: torch.Tensor, packed: torch.Tensor, masks: torch.Tensor 
         slab, slab.stride(0), psum, N, float(orth_eps),
         HAS_MASK=masks is not None, DETACH=bool(detach_norm), BN=bk.bn_bwd, BD=bk.bd_bwd,
         DOT_PREC=_dot_prec(packed.dtype), num_warps=bk.warps_bwd)
-    dmax = max(pl.offsets[i + 1] - pl.offsets[i] for i in range(pl.n_factors))
-    _reduce_kernel[(pl.n_factors, ntn, triton.cdiv(dmax, bk.bd_bwd))](
-        slab, slab.stride(0), psum, ntn, pl.term_table, pl.side_table, pl.factor_table,
+    n_psum = ntn
+    if ntn > _REDUCE_INLINE_TILES:
+        psum, n_psum = psum.sum(dim=0, keepdim=True), 1
+    _reduce_kernel[(pl.n_factors, ntn, triton.cdiv(pl.dmax, bk.bd_bwd))](
+        slab, slab.stride(0), psum, n_psum, pl.term_table, pl.side_table, pl.factor_table,
         pl.factor_sides, stats, mask_arg, out, out.stride(0), N,
         HAS_MASK=masks is not None, BN=bk.bn_bwd, BD=bk.bd_bwd, num_warps=4)
     return out

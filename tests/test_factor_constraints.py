@@ -179,6 +179,21 @@ def test_multi_tile_kernels(monkeypatch):
     check(factors, [(0, 1)], [1], "triton", masks=masks, detach_norm=False)
 
 
+def test_split_forward_for_large_batches(monkeypatch):
+    # on GPU, batches above 1024 rows use three forward launches over row blocks; force it here
+    monkeypatch.setattr(_gram, "_SPLIT_OVERRIDE", 3)
+    n = 40
+    factors = make(n, [5, 12, 9])
+    masks = [torch.rand(n) < 0.8, None, torch.rand(n) < 0.7]
+    check(factors, [(0, 1), (2, 1), (0, 2)], [0, 1, 2], "triton", masks=masks, detach_norm=False)
+
+
+def test_backward_column_sums_reduced_first_for_many_row_tiles(monkeypatch):
+    # beyond _REDUCE_INLINE_TILES row tiles the per-tile column sums are summed once up front
+    monkeypatch.setattr(_gram, "_REDUCE_INLINE_TILES", 0)
+    check(make(9, [6, 7]), [(0, 1)], [1], "triton", masks=[torch.rand(9) < 0.8, None])
+
+
 # --- the one-launch guarantee ----------------------------------------------------------------------
 class _CountingKernel:
     def __init__(self, kernel):

@@ -36,6 +36,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <set>
 #include <tuple>
@@ -47,10 +48,17 @@ namespace fsrf {
 namespace mca {
 namespace {
 
-// Largest dynamic shared memory one block may use on `device` (opt-in limit).
+// Largest dynamic shared memory one block may use on `device` (opt-in limit), queried once per
+// device: no runtime API call but the launches happens per op call (CUDA-graph capture safe).
 int smem_limit(int device) {
+  static std::mutex mu;
+  static std::map<int, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
   int v = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cache[device] = v;
   return v;
 }
 

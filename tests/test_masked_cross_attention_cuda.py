@@ -382,10 +382,12 @@ def test_gpu_nan_under_masked_keys_does_not_leak():
 
 @_gpu
 def test_gpu_gradcheck_float64():
-    q, k, v, mask, _ = make_inputs(3, 2, 6, 70, 5, torch.float64, "random", device="cuda")
+    # Tk = 40 is two float64 key tiles, so dq is summed with atomics: repeated backwards may
+    # differ in the last bits (nondet_tol). The saved lse is float32: analytic grads carry ~1e-7.
+    q, k, v, mask, _ = make_inputs(3, 2, 6, 40, 5, torch.float64, "random", device="cuda")
     inputs = tuple(x.requires_grad_() for x in (q, k, v))
     f = lambda a, b, c: fsrf.ops.masked_cross_attention(a, b, c, mask, backend="cuda")  # noqa: E731
-    assert torch.autograd.gradcheck(f, inputs, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(f, inputs, atol=1e-5, rtol=1e-4, nondet_tol=1e-10)
 
 
 @_gpu
@@ -409,7 +411,8 @@ def test_gpu_non_contiguous_inputs():
     q, k, v, mask, dout = make_inputs(2, 3, 20, 40, 16, torch.float32, "random", device="cuda")
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # same values, (B, T, H, Dh) memory
     kt = k.transpose(2, 3).contiguous().transpose(2, 3)
-    vt = v[..., ::1]
+    vt = v.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not (qt.is_contiguous() or kt.is_contiguous() or vt.is_contiguous())
     a = cuda_fwd_bwd(qt, kt, vt, mask, 0.3, dout.transpose(1, 2).contiguous().transpose(1, 2))
     b = cuda_fwd_bwd(q, k, v, mask, 0.3, dout)
     for x, y in zip(a, b):

@@ -12,6 +12,15 @@ BACKENDS = ["torch", "triton"]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only contend on a loaded 2-core runner (tens of times slower)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def ref64(z, eps=1e-5):
     """The definition in float64: standardise columns (biased var), C = ZsᵀZs/N, off-diagonal mean."""
     z = z.double()

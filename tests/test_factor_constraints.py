@@ -18,6 +18,15 @@ BACKENDS = ["torch", "triton"]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only contend on a loaded 2-core runner (tens of times slower)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 # --- independent float64 definitions (boolean row selection, straightforward formulas) ------------
 def orth64(a, b, detach_norm=True, eps=1e-6):
     ca, cb = a - a.mean(0), b - b.mean(0)
@@ -145,8 +154,8 @@ def test_terms_with_fewer_than_two_rows_are_zero_without_nan(backend):
 def test_all_true_masks_equal_no_masks(backend):
     n = 9
     factors = make(n, [7, 4, 10])
-    pairs, decor = [(0, 1), (1, 2), (2, 0)], [1, 2]
-    w = torch.linspace(1.0, 2.0, 5)
+    pairs, decor = [(0, 1), (1, 2)], [2]
+    w = torch.linspace(1.0, 2.0, 3)
     a, ga = run(lambda fs: factor_constraints(fs, pairs, decor, backend=backend), factors, w)
     masks = [torch.ones(n, dtype=torch.bool)] * 3
     b, gb = run(lambda fs: factor_constraints(fs, pairs, decor, masks=masks, backend=backend), factors, w)
@@ -248,11 +257,11 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(x, y)
 
 
-@pytest.mark.parametrize("with_masks", [False, True])
-def test_opcheck_custom_ops(with_masks):
+def test_opcheck_custom_ops():
+    # with masks: the unmasked (None) schema path runs in the compile test and everywhere else
     n = 6
     factors = [f.requires_grad_(True) for f in make(n, [4, 5, 3])]
-    masks = torch.rand(3, n) < 0.8 if with_masks else None
+    masks = torch.rand(3, n) < 0.8
     terms = [0, 2, 1, 1, 0, 0]     # (kind, i, j) triples: orthogonality of (2, 1), decorrelation of 0
     args = (factors, terms, masks, False, 1e-6, 1e-5)
     torch.library.opcheck(torch.ops.fsrf.factor_constraints.default, args)

@@ -11,6 +11,15 @@ BACKENDS = ["torch", "triton"]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only contend on a loaded 2-core runner (tens of times slower)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def ref64(a, b, detach_norm=True, eps=1e-6):
     """The definition, written out in float64: centre columns, divide rows by (norm + eps)."""
     a, b = a.double(), b.double()

@@ -7,16 +7,23 @@
 //
 // float32, float64, float16 and bfloat16; accumulation in float32 (float64 for float64). Head
 // dims 1..128 (rounded up to 32, 64 or 128 inside the kernel; padding lanes hold zeros, so odd
-// sizes such as 33 cost as much as the next width). The device code and its launch order live in
-// masked_cross_attention_cuda.cuh, shared with the CPU emulation test.
+// sizes such as 33 cost as much as the next width). Two kernel families, both FlashAttention-2
+// style with the same masking conventions:
+//   * CUDA-core kernels (masked_cross_attention_cuda.cuh): every dtype, every GPU;
+//   * tensor-core kernels (masked_cross_attention_wmma_cuda.cuh, WMMA 16x16x16): float16 and
+//     bfloat16 on sm_80+ when their tiles fit in shared memory (all head dims on A100/H100).
+//     FSRF_CUDA_ATTENTION=simt in the environment selects the CUDA-core kernels instead.
+// The device code and its launch order live in those headers, shared with the CPU emulation
+// test (tests/cuda_emu), which runs them on host threads.
 //
 // Tile sizes. The model's attention (MSA shape B=32, H=8, T=50, Dh=32) has one 64-row tile per
-// (sample, head): the forward grid is B*H = 256 blocks of 128 threads and the backward grid
-// 256 blocks of 256 threads, about two blocks per SM on a 132-SM H100, every SM busy. Smaller
-// tiles would add blocks but each block's work is then too small to cover its load latency,
-// and 64 wastes at most 14 padded rows here. Long sequences (T = 1024) give B*H*16 blocks.
-// 64x64 tiles need up to 170 KB of shared memory (backward, Dh = 128): where the device offers
-// less per block (sm_80: 163 KB, sm_86/89: 99 KB) and for float64 the kernels use 32x32 tiles.
+// (sample, head): the forward grid is B*H = 256 blocks and the backward grid 256 blocks, about
+// two blocks per SM on a 132-SM H100, every SM busy. Smaller tiles would add blocks but each
+// block's work is then too small to cover its load latency, and 64 wastes at most 14 padded rows
+// here. Long sequences (T = 1024) give B*H*16 blocks. CUDA-core 64x64 tiles need up to 170 KB of
+// shared memory (backward, Dh = 128): where the device offers less per block (sm_80: 163 KB,
+// sm_86/89: 99 KB) and for float64 those kernels use 32x32 tiles. The tensor-core kernels use
+// 64x64 tiles (up to 157 KB) and fall back to the CUDA-core ones where these do not fit.
 //
 // Determinism: the forward is deterministic. The backward adds each key tile's dQ share with
 // atomics; with Tk <= one key tile (64 keys; 32 for float64 or narrow-memory GPUs) each dQ
@@ -32,9 +39,15 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <initializer_list>
+#include <string>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -43,6 +56,7 @@
 #include <utility>
 
 #include "masked_cross_attention_cuda.cuh"
+#include "masked_cross_attention_wmma_cuda.cuh"
 
 namespace fsrf {
 namespace mca {
@@ -68,8 +82,8 @@ struct Launcher {
   int device;
   cudaStream_t stream;
 
-  template <typename K, typename A>
-  void operator()(K kernel, dim3 grid, dim3 block, int smem, const A& args) const {
+  template <typename K, typename... A>
+  void operator()(K kernel, dim3 grid, dim3 block, int smem, const A&... args) const {
     if (grid.x == 0) return;
     if (smem > 48 * 1024) {
       static std::mutex mu;
@@ -81,7 +95,7 @@ struct Launcher {
         raised.insert(key);
       }
     }
-    kernel<<<grid, block, size_t(smem), stream>>>(args);
+    kernel<<<grid, block, size_t(smem), stream>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
@@ -123,6 +137,40 @@ const bool* mask_ptr(const std::optional<at::Tensor>& key_mask, at::Tensor& hold
 
 int64_t blocks_for(int64_t B, int64_t H, int64_t T, int tile) { return B * H * ((T + tile - 1) / tile); }
 
+int compute_major(int device) {
+  static std::mutex mu;
+  static std::map<int, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device));
+  cache[device] = v;
+  return v;
+}
+
+// FSRF_CUDA_ATTENTION=simt forces the CUDA-core kernels for float16/bfloat16 too (read once).
+bool simt_forced() {
+  static const bool forced = [] {
+    const char* e = std::getenv("FSRF_CUDA_ATTENTION");
+    return e != nullptr && std::string(e) == "simt";
+  }();
+  return forced;
+}
+
+// Tensor cores for float16/bfloat16 on sm_80+ when the tiles fit in shared memory.
+template <typename scalar_t, int D>
+bool use_tensor_cores(int device, int limit, int smem_bytes) {
+  constexpr bool half = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
+  return half && !simt_forced() && compute_major(device) >= 8 && smem_bytes <= limit;
+}
+
+bool aligned16(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts)
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  return true;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> masked_cross_attention_fwd_cuda(const at::Tensor& q_, const at::Tensor& k_,
@@ -151,6 +199,12 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_fwd_cuda(const at::Ten
                                      int(B), int(H), int(Tq), int(Tk), int(Dh), acc_t(scale)};
     dispatch_head_dim<acc_t>(int(Dh), [&](auto dc) {
       constexpr int D = decltype(dc)::value;
+      if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+        if (use_tensor_cores<scalar_t, D>(device, limit, wmma_fwd_smem<D>())) {
+          forward_wmma<scalar_t, D>(a, Dh % 8 == 0 && aligned16({&q, &k, &v}), launch);
+          return;
+        }
+      }
       const int need = smem_needed<FwdCfg, acc_t, D>(limit);
       TORCH_CHECK(need <= limit, "masked_cross_attention_fwd: this GPU offers ", limit,
                   " bytes of shared memory per block; the kernel needs ", need);
@@ -205,13 +259,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_bwd_cuda(
                                      acc_t(scale)};
     dispatch_head_dim<acc_t>(int(Dh), [&](auto dc) {
       constexpr int D = decltype(dc)::value;
-      const int need = smem_needed<BwdCfg, acc_t, D>(limit);
+      bool tensor_cores = false;
+      if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+        tensor_cores = use_tensor_cores<scalar_t, D>(device, limit, wmma_bwd_smem<D>());
+      }
+      const int need = tensor_cores ? wmma_bwd_smem<D>() : smem_needed<BwdCfg, acc_t, D>(limit);
       TORCH_CHECK(need <= limit, "masked_cross_attention_bwd: this GPU offers ", limit,
                   " bytes of shared memory per block; the kernel needs ", need);
-      const int key_tiles = backward_key_tiles<acc_t, D>(int(Tk), limit);
+      const int key_tiles = tensor_cores ? int((Tk + 63) / 64) : backward_key_tiles<acc_t, D>(int(Tk), limit);
       if (key_tiles > 1) {
         at::globalContext().alertNotDeterministic(
             "masked_cross_attention_bwd (CUDA) with more than one key tile: dQ is summed with atomics");
+      }
+      if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+        if (tensor_cores) {
+          backward_wmma<scalar_t, D>(a, Dh % 8 == 0 && aligned16({&q, &k, &v, &dout}), launch);
+          return;
+        }
       }
       backward<scalar_t, acc_t, D>(a, limit, launch);
     });

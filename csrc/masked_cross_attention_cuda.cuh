@@ -230,7 +230,9 @@ FSRF_MCA_DEVICE unsigned char* dynamic_smem() {
 #ifdef FSRF_CUDA_EMULATION
   return cuda_emu::dynamic_smem();
 #else
-  extern __shared__ __align__(16) unsigned char fsrf_mca_smem[];
+  // 128-byte alignment: the tensor-core path needs 32-byte aligned tiles (the kernels declare no
+  // static shared memory, so the dynamic block starts at the window's base anyway).
+  extern __shared__ __align__(128) unsigned char fsrf_mca_smem[];
   return fsrf_mca_smem;
 #endif
 }

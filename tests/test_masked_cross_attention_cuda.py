@@ -1,14 +1,17 @@
-"""Tests of the CUDA kernels of masked cross-attention (csrc/masked_cross_attention_cuda.*).
+"""Tests of the CUDA kernels of masked cross-attention (csrc/masked_cross_attention_*cuda*).
 
 Two halves, both against float64 formulas written here (independent of fsrf.reference):
 
 * CPU, always run where a C++20 compiler is available: the device code of
-  ``csrc/masked_cross_attention_cuda.cuh`` runs under the host emulation of the CUDA execution
-  model in ``tests/cuda_emu`` (each CUDA thread a user-level context; barriers, warp shuffles,
-  atomics emulated; divergent or deadlocking barriers fail; threads run in ascending, descending
-  or random order between barriers and shared memory starts as NaN, so a missing barrier or a read
-  of an unwritten slot shows up). This is the CI check of the kernels' logic: indexing, masking,
-  online softmax, tile skipping, the backward's recomputation and atomics, both tile sizes.
+  ``csrc/masked_cross_attention_cuda.cuh`` (CUDA-core kernels) and
+  ``csrc/masked_cross_attention_wmma_cuda.cuh`` (tensor-core kernels) runs under the host
+  emulation of the CUDA execution model in ``tests/cuda_emu`` (each CUDA thread a user-level
+  context; barriers, warp shuffles, atomics and WMMA fragments emulated; divergent or deadlocking
+  barriers and misaligned WMMA tiles fail; threads run in ascending, descending or random order
+  between barriers and shared memory starts as NaN, so a missing barrier or a read of an
+  unwritten slot shows up). This is the CI check of the kernels' logic: indexing, masking,
+  online softmax, tile skipping, the backward's recomputation and atomics, every tile size.
+  What it cannot check: real WMMA fragment semantics and hardware timing.
 * GPU, marked ``gpu`` and skipped without a CUDA device: the compiled extension through
   ``torch.ops.fsrf`` and ``fsrf.ops`` (values, gradients, low-precision tolerance rule, fully
   masked samples, NaN isolation, opcheck, torch.compile, CUDA graphs, determinism, routing).
@@ -163,8 +166,11 @@ def _unraw(path, dtype, shape):
     return torch.from_numpy(np.fromfile(path, dtype=npdt)).reshape(shape)
 
 
-def run_emu(exe, q, k, v, mask, dout, scale, smem=H100_SMEM, order=0, seed=0):
-    """Forward + backward of the CUDA kernels under emulation: (out, lse, dq, dk, dv, log)."""
+def run_emu(exe, q, k, v, mask, dout, scale, smem=H100_SMEM, order=0, seed=0, kernel="simt"):
+    """Forward + backward of the CUDA kernels under emulation: (out, lse, dq, dk, dv, log).
+
+    ``kernel``: "simt" (CUDA-core kernels) or "wmma" (tensor-core kernels, float16/bfloat16).
+    """
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     with tempfile.TemporaryDirectory() as d:
@@ -176,7 +182,7 @@ def run_emu(exe, q, k, v, mask, dout, scale, smem=H100_SMEM, order=0, seed=0):
                 fh.write(mask.cpu().numpy().astype(np.uint8).tobytes())
         with open(os.path.join(d, "meta.txt"), "w") as fh:
             fh.write(f"{B} {H} {Tq} {Tk} {Dh} {DTYPE_CODE[q.dtype]} {scale!r} {int(mask is not None)} "
-                     f"{smem} {order} {seed}\n")
+                     f"{smem} {order} {seed} {kernel}\n")
         r = subprocess.run([exe, d], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"emulated kernels failed: {r.stdout[-2000:]}\n{r.stderr[-2000:]}"
         out = _unraw(os.path.join(d, "out.bin"), q.dtype, q.shape)
@@ -219,12 +225,24 @@ def test_emulated_kernels_match_float64(emu_exe, shape, dtype, mask_mode, smem, 
     assert_exactly_zero_for_empty_samples(mask, out, lse, dq, dk, dv)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_emulated_low_precision_flash_rule(emu_exe, dtype):
-    shape = (3, 2, 65, 97, 72)
-    q, k, v, mask, dout = make_inputs(*shape, dtype, "random", seed=3)
+LOW_CASES = [
+    # kernel, (B, H, Tq, Tk, Dh), dtype, thread order
+    ("simt", (3, 2, 65, 97, 72), torch.float16, 2),
+    ("simt", (3, 2, 65, 97, 72), torch.bfloat16, 1),
+    ("wmma", (2, 2, 50, 50, 32), torch.float16, 0),     # MSA-like, 16-byte loads
+    ("wmma", (3, 2, 70, 130, 64), torch.bfloat16, 1),   # 3 key tiles, a skipped one
+    ("wmma", (4, 2, 70, 130, 33), torch.bfloat16, 2),   # odd Dh: element loads, padding
+    ("wmma", (2, 1, 40, 150, 128), torch.float16, 2),   # widest head, K/V fragments not cached
+    ("wmma", (2, 2, 129, 70, 20), torch.float16, 1),    # 3 query tiles, Dh 20 padded to 32
+]
+
+
+@pytest.mark.parametrize("kernel,shape,dtype,order", LOW_CASES)
+def test_emulated_low_precision_flash_rule(emu_exe, kernel, shape, dtype, order):
+    q, k, v, mask, dout = make_inputs(*shape, dtype, "random", seed=3 + order)
     scale = shape[-1] ** -0.5
-    out, lse, dq, dk, dv, _ = run_emu(emu_exe, q, k, v, mask, dout, scale, order=2)
+    out, lse, dq, dk, dv, log = run_emu(emu_exe, q, k, v, mask, dout, scale, order=order, kernel=kernel)
+    assert f"kernel={kernel}" in log
     ref = ref_with_grads(q, k, v, mask, scale, dout)
     plain = ref_with_grads(q, k, v, mask, scale, dout, fn=ref_plain)
     floor = 1e-3 if dtype == torch.bfloat16 else 1e-4
@@ -256,6 +274,27 @@ def test_emulated_nan_under_masked_keys_does_not_leak(emu_exe):
         assert not torch.isnan(a).any(), name
         assert_close_rel(name, a, b, 2e-5, 1e-6)
     assert torch.all(dk[hidden] == 0) and torch.all(dv[hidden] == 0)
+
+
+def test_emulated_tensor_core_kernels_isolate_masked_keys(emu_exe):
+    # NaN stored under masked keys, one sample with no key, one with a masked leading tile.
+    q, k, v, mask, dout = make_inputs(4, 2, 40, 140, 32, torch.bfloat16, "random", seed=9)
+    hidden = ~mask[:, None, :, None].expand_as(k)
+    kn, vn = k.masked_fill(hidden, float("nan")), v.masked_fill(hidden, float("nan"))
+    out, lse, dq, dk, dv, log = run_emu(emu_exe, q, kn, vn, mask, dout, 0.2, order=2, kernel="wmma")
+    assert "kernel=wmma" in log
+    ref = ref_with_grads(q, k, v, mask, 0.2, dout)
+    plain = ref_with_grads(q, k, v, mask, 0.2, dout, fn=ref_plain)
+    for name, a, r, p in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), (ref[0],) + ref[2:],
+                             (plain[0],) + plain[2:]):
+        assert not torch.isnan(a).any(), name
+        assert max_err(a, r) <= 3 * max_err(p, r) + 1e-3, name
+    assert torch.all(dk[hidden] == 0) and torch.all(dv[hidden] == 0)
+    assert_exactly_zero_for_empty_samples(mask, out, lse, dq, dk, dv)
+    none = torch.zeros_like(mask)
+    out, lse, dq, dk, dv, _ = run_emu(emu_exe, q, k, v, none, dout, 0.2, order=1, kernel="wmma")
+    assert torch.all(out == 0) and torch.all(lse == float("inf"))
+    assert all(torch.all(g == 0) for g in (dq, dk, dv))
 
 
 def test_emulated_single_key_tile_is_order_independent(emu_exe):
@@ -369,15 +408,47 @@ def test_gpu_fully_masked_samples_give_zero_and_no_nan(dtype):
 
 
 @_gpu
-def test_gpu_nan_under_masked_keys_does_not_leak():
-    q, k, v, mask, dout = make_inputs(3, 2, 30, 90, 32, torch.float32, "random", device="cuda", seed=5)
+def test_gpu_cuda_core_kernels_for_half_inputs():
+    # float16/bfloat16 normally run on the tensor-core kernels; FSRF_CUDA_ATTENTION=simt (read
+    # once per process, hence the subprocess) selects the CUDA-core ones, which must pass too.
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, torch
+sys.path.insert(0, {HERE!r})
+import test_masked_cross_attention_cuda as T
+for dtype in (torch.float16, torch.bfloat16):
+    for shape in ((32, 8, 50, 50, 32), (3, 2, 70, 300, 64), (4, 2, 65, 97, 33)):
+        q, k, v, mask, dout = T.make_inputs(*shape, dtype, "random", device="cuda", seed=1)
+        scale = shape[-1] ** -0.5
+        got = T.cuda_fwd_bwd(q, k, v, mask, scale, dout)
+        ref = T.ref_with_grads(q, k, v, mask, scale, dout)
+        plain = T.ref_with_grads(q, k, v, mask, scale, dout, fn=T.ref_plain)
+        floor = 1e-3 if dtype == torch.bfloat16 else 1e-4
+        assert T.max_err(got[0], ref[0]) <= 2 * T.max_err(plain[0], ref[0]) + floor, (dtype, shape, "out")
+        for i in (2, 3, 4):
+            assert T.max_err(got[i], ref[i]) <= 3 * T.max_err(plain[i], ref[i]) + floor, (dtype, shape, i)
+print("simt ok")
+"""
+    env = dict(os.environ, FSRF_CUDA_ATTENTION="simt")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and "simt ok" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+@_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_nan_under_masked_keys_does_not_leak(dtype):
+    q, k, v, mask, dout = make_inputs(3, 2, 30, 90, 32, dtype, "random", device="cuda", seed=5)
     hidden = ~mask[:, None, :, None].expand_as(k)
     kn, vn = k.masked_fill(hidden, float("nan")), v.masked_fill(hidden, float("nan"))
     out, lse, dq, dk, dv = cuda_fwd_bwd(q, kn, vn, mask, 0.25, dout)
     ref = ref_with_grads(q, k, v, mask, 0.25, dout)
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
     for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, dq, dk, dv), ref):
         assert not torch.isnan(a).any(), name
-        assert_close_rel(name, a, b, 2e-5, 1e-6)
+        assert_close_rel(name, a, b, tol, 1e-6 if dtype == torch.float32 else 1e-3)
+    assert torch.all(dk[hidden] == 0) and torch.all(dv[hidden] == 0)
 
 
 @_gpu

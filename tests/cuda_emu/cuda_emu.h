@@ -28,6 +28,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #define FSRF_CUDA_EMULATION 1
@@ -54,6 +55,10 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
   double x, y;
 };
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 namespace cuda_emu {
 
@@ -99,7 +104,11 @@ inline void wait_on(Wait w) {
 }
 
 inline uint3 thread_idx() { return uint3{S().cur, 0u, 0u}; }
-inline unsigned char* dynamic_smem() { return S().smem.data(); }
+// Dynamic shared memory, 128-byte aligned like the kernels' extern __shared__ __align__(128).
+inline unsigned char* dynamic_smem() {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(S().smem.data());
+  return S().smem.data() + ((128 - base % 128) % 128);
+}
 
 inline void entry() {
   State& s = S();
@@ -210,7 +219,7 @@ void launch(K kernel, dim3 grid, dim3 block, size_t smem_bytes, const A&... args
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         s.blockIdx = dim3(x, y, z);
-        s.smem.assign(smem_bytes + 16, 0xff);
+        s.smem.assign(smem_bytes + 128, 0xff);
         run_block(block.x);
       }
 }
@@ -259,3 +268,71 @@ inline double __longlong_as_double(long long i) {
   std::memcpy(&d, &i, 8);
   return d;
 }
+
+// ---------------------------------------------------------------------------------------------
+// nvcuda::wmma, 16x16x16 only. Each emulated lane holds the whole fragment (elements in logical
+// row-major order of the fragment's matrix), which keeps element-wise use layout-agnostic as on
+// the GPU. store_matrix_sync writes, per lane, only the elements e with e % 32 == lane, so a
+// read of another lane's part without a __syncwarp in between shows up under a reordered
+// thread schedule. Alignment rules of the CUDA guide are enforced: 256-bit aligned pointers,
+// leading dimensions a multiple of 16 bytes.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int num_elements = 256;
+  T x[256];
+};
+
+inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) cuda_emu::fail("wmma: pointer not 256-bit aligned");
+  if ((ldm * elem) % 16 != 0) cuda_emu::fail("wmma: ldm not a multiple of 16 bytes");
+}
+
+template <class Use, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  static_assert(!std::is_same_v<Use, accumulator>, "accumulator loads take a layout_t");
+  check_ptr(p, ldm, sizeof(T));
+  // matrix_a is M x K (rows i, columns k), matrix_b is K x N; both stored logically row-major.
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j)
+      f.x[i * 16 + j] = std::is_same_v<Layout, row_major> ? p[i * ldm + j] : p[i + j * ldm];
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
+  check_ptr(p, ldm, 4);
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) f.x[i * 16 + j] = l == mem_row_major ? p[i * ldm + j] : p[i + j * ldm];
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  check_ptr(p, ldm, 4);
+  const unsigned lane = cuda_emu::S().cur % 32;
+  for (int e = int(lane); e < 256; e += 32) {
+    const int i = e / 16, j = e % 16;
+    (l == mem_row_major ? p[i * ldm + j] : p[i + j * ldm]) = f.x[e];
+  }
+}
+template <class Use, class T, class Layout>
+inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, const T& v) {
+  for (auto& e : f.x) e = v;
+}
+template <class T, class LA, class LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, T, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[256];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float s = c.x[i * 16 + j];
+      for (int k = 0; k < 16; ++k) s += float(a.x[i * 16 + k]) * float(b.x[k * 16 + j]);
+      out[i * 16 + j] = s;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+}  // namespace wmma
+}  // namespace nvcuda

@@ -2,8 +2,9 @@
 // host emulation of cuda_emu.h, for tests/test_masked_cross_attention_cuda_emu.py.
 //
 // Usage: mca_emu DIR. DIR/meta.txt holds
-//   B H Tq Tk Dh dtype scale has_mask smem_limit order seed
-// (dtype one of f32 f64 f16 bf16; order 0/1/2 = ascending/descending/random thread order), and
+//   B H Tq Tk Dh dtype scale has_mask smem_limit order seed kernel
+// (dtype one of f32 f64 f16 bf16; order 0/1/2 = ascending/descending/random thread order; kernel
+// simt = the CUDA-core kernels, wmma = the tensor-core kernels, f16/bf16 only), and
 // DIR/{q,k,v,dout}.bin (raw little-endian elements of dtype, contiguous), DIR/mask.bin (B*Tk
 // bytes, when has_mask). Writes DIR/{out,dq,dk,dv}.bin in dtype and DIR/lse.bin (float32), and
 // prints the tile sizes it used. Outputs start poisoned (NaN / all-ones bits), so an element the
@@ -15,6 +16,7 @@
 
 #define FSRF_MCA_DEVICE inline
 #include "masked_cross_attention_cuda.cuh"
+#include "masked_cross_attention_wmma_cuda.cuh"
 
 #include <fstream>
 #include <iostream>
@@ -43,6 +45,7 @@ struct Meta {
   std::string dtype;
   double scale;
   int has_mask, smem_limit, order, seed;
+  std::string kernel;
 };
 
 template <typename T, typename acc_t>
@@ -64,21 +67,34 @@ static void run(const std::string& dir, const Meta& m) {
   std::vector<float> lse(rows, std::nanf(""));
   std::vector<acc_t> dvec(rows, acc_t(std::nan(""))), dq_acc(nq, acc_t(0));
 
-  auto launch = [&](auto kernel, dim3 grid, dim3 block, int smem, const auto& args) {
+  auto launch = [&](auto kernel, dim3 grid, dim3 block, int smem, const auto&... args) {
     if (smem > m.smem_limit) cuda_emu::fail("kernel asks for more shared memory than the limit");
     std::printf("launch grid=%u block=%u smem=%d\n", grid.x, block.x, smem);
-    cuda_emu::launch(kernel, grid, block, size_t(smem), args);
+    cuda_emu::launch(kernel, grid, block, size_t(smem), args...);
   };
+  const bool wmma = m.kernel == "wmma";
+  if (wmma && !std::is_same_v<acc_t, float>) cuda_emu::fail("the tensor-core kernels take float16/bfloat16");
+  // Same rule as the .cu: 16-byte accesses when Dh % 8 == 0 (vectors are 16-byte aligned here).
+  const bool vec = m.Dh % 8 == 0;
   dispatch_head_dim<acc_t>(m.Dh, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     FwdArgs<T, acc_t> fa{q.data(), k.data(), v.data(), mask.get(), out.data(), lse.data(),
                          m.B, m.H, m.Tq, m.Tk, m.Dh, acc_t(m.scale)};
     std::printf("D=%d fwd_tile=%d bwd_tile=%d key_tiles=%d\n", D, pick_tile<FwdCfg, acc_t, D>(m.smem_limit),
                 pick_tile<BwdCfg, acc_t, D>(m.smem_limit), backward_key_tiles<acc_t, D>(m.Tk, m.smem_limit));
-    forward<T, acc_t, D>(fa, m.smem_limit, launch);
     BwdArgs<T, acc_t> ba{dout.data(), q.data(), k.data(), v.data(), mask.get(), out.data(), lse.data(),
                          dvec.data(), dq_acc.data(), dk.data(), dv.data(),
                          m.B, m.H, m.Tq, m.Tk, m.Dh, acc_t(m.scale)};
+    if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<T, float>) {
+      if (wmma) {
+        std::printf("kernel=wmma vec=%d\n", int(vec));
+        forward_wmma<T, D>(fa, vec, launch);
+        backward_wmma<T, D>(ba, vec, launch);
+        return;
+      }
+    }
+    std::printf("kernel=simt\n");
+    forward<T, acc_t, D>(fa, m.smem_limit, launch);
     backward<T, acc_t, D>(ba, m.smem_limit, launch);
   });
   for (size_t i = 0; i < nq; ++i) dq[i] = from_acc<T>(dq_acc[i]);
@@ -99,7 +115,7 @@ int main(int argc, char** argv) {
   std::ifstream f(dir + "/meta.txt");
   Meta m;
   if (!(f >> m.B >> m.H >> m.Tq >> m.Tk >> m.Dh >> m.dtype >> m.scale >> m.has_mask >> m.smem_limit >>
-        m.order >> m.seed)) {
+        m.order >> m.seed >> m.kernel)) {
     std::fprintf(stderr, "bad meta.txt\n");
     return 2;
   }

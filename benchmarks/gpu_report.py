@@ -13,6 +13,9 @@ Subcommands (OUT is the folder gpu_check.sh writes into):
 ``python benchmarks/gpu_report.py table OUT``
     Prints the phase summary, the test summary, and the table (last), and writes
     ``OUT/results.csv`` and ``OUT/results.json``. Works with whatever the earlier phases left.
+``python benchmarks/gpu_report.py bench OUT --device cpu``
+    Smoke run of the benchmark code itself on tiny CPU shapes (fsrf's CPU backends, host timers,
+    no torch.compile peers): catches mistakes in this file before GPU time is spent on it.
 ``python benchmarks/gpu_report.py --dry-run [OUT]``
     CPU-only self-check of the reporting code: fabricates ceilings, phases, test results and
     rows (some failed or skipped), then runs ``table`` on them.
@@ -115,15 +118,17 @@ def _achieved(row, roof):
     ms = row.get("fsrf_ms")
     if not ms or not roof:
         return "-", None
-    if row.get("flops"):
-        rate = row["flops"] / (ms * 1e-3) / 1e12
-        peak = roof.get("matmul_tflops", {}).get(row.get("roof_dtype") or row.get("dtype"))
-        frac = rate / peak if peak else None
-        return f"{rate:.2f} TFLOP/s", frac
+    # Rows with a byte count are memory-bound ops (reported in GB/s even when a FLOP count is
+    # recorded too); attention and MMD carry FLOPs only.
     if row.get("bytes"):
         gbs = row["bytes"] / (ms * 1e-3) / 1e9
         peak = roof.get("copy_gbs")
         return f"{gbs:.0f} GB/s", (gbs / peak if peak else None)
+    if row.get("flops"):
+        rate = row["flops"] / (ms * 1e-3) / 1e12
+        peak = (roof.get("matmul_tflops") or {}).get(row.get("roof_dtype") or row.get("dtype"))
+        frac = rate / peak if peak else None
+        return f"{rate:.2f} TFLOP/s", frac
     return "-", None
 
 
@@ -167,6 +172,18 @@ def print_table(rows, roof, file=sys.stdout):
 def table(out):
     roof = _read_json(os.path.join(out, ROOF)) or {}
     rows = summarize(_read_rows(out), roof)
+    try:
+        _summary(out, roof, rows)
+    except Exception:  # the table below must print whatever went wrong above
+        traceback.print_exc()
+    print("=" * 100)
+    if rows:
+        print_table(rows, roof)
+    else:
+        print("(no benchmark rows)")
+
+
+def _summary(out, roof, rows):
     phases = _read_phases(out)
     tests = _read_junit(out)
 
@@ -175,9 +192,11 @@ def table(out):
     if roof.get("device"):
         print(f"device: {roof['device']}  (torch {roof.get('torch')}, triton {roof.get('triton')}, "
               f"CUDA {roof.get('cuda')}, {roof.get('sms')} SMs)")
-        mm = roof.get("matmul_tflops", {})
-        print(f"measured ceilings: copy {roof.get('copy_gbs', float('nan')):.0f} GB/s (read+write), "
-              + ", ".join(f"{k} matmul {v:.1f} TFLOP/s" for k, v in mm.items()))
+        mm = roof.get("matmul_tflops") or {}
+        copy = roof.get("copy_gbs")
+        print("measured ceilings: copy " + (f"{copy:.0f} GB/s (read+write)" if isinstance(copy, (int, float))
+                                            else "not measured")
+              + "".join(f", {k} matmul {v:.1f} TFLOP/s" for k, v in mm.items() if isinstance(v, (int, float))))
     else:
         print("device: (no roofline measurement; the benchmark phase did not run or failed early)")
     for p in phases:
@@ -214,11 +233,6 @@ def table(out):
                         torch_backend_ms=peers.get("fsrf-torch"))
             w.writerow([flat.get(c) for c in cols])
     print(f"full results: {os.path.join(out, 'results.csv')}, results.json, gpu_check.log")
-    print("=" * 100)
-    if rows:
-        print_table(rows, roof)
-    else:
-        print("(no benchmark rows)")
 
 
 def dry_run(out):
@@ -269,13 +283,19 @@ def dry_run(out):
 # ============================================================================================
 
 class Bench:
-    def __init__(self, out, budget_s):
+    """Runs the benchmark rows. device="cpu" is a smoke run of this code on tiny shapes (no GPU:
+    fsrf's CPU backends, host timers, no torch.compile peers), to catch mistakes before GPU time."""
+
+    def __init__(self, out, budget_s, device="cuda"):
         import torch
 
         self.torch = torch
         self.out = out
         self.deadline = time.monotonic() + budget_s
-        self.dev = "cuda"
+        self.dev = device
+        self.cuda = device == "cuda"
+        self.be_attn = "cuda" if self.cuda else "auto"
+        self.be_loss = "triton" if self.cuda else "auto"
         try:
             import triton.testing as tt
             self.do_bench = tt.do_bench
@@ -285,11 +305,25 @@ class Bench:
     def left(self):
         return self.deadline - time.monotonic()
 
+    def n(self, big, tiny):
+        """The benchmark size on the GPU, a tiny one in the CPU smoke run."""
+        return big if self.cuda else tiny
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
     def time_ms(self, fn, grad_to_none=None, rep=100):
         """Median ms of fn() (CUDA events; L2 flushed before each repetition by do_bench)."""
         torch = self.torch
         fn()
-        torch.cuda.synchronize()
+        self.sync()
+        if not self.cuda:  # smoke run: one timed call after the warm-up
+            for x in grad_to_none or ():
+                x.grad = None
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
         if self.do_bench is not None:
             return float(self.do_bench(fn, warmup=25, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
         times = []
@@ -317,6 +351,11 @@ class Bench:
     # -------------------------------------------------------------------------------- ceilings
     def roofline(self):
         torch = self.torch
+        if not self.cuda:
+            with open(os.path.join(self.out, ROOF), "w", encoding="utf-8") as fh:
+                json.dump({"device": "cpu smoke run (timings meaningless)", "torch": torch.__version__,
+                           "copy_gbs": None, "matmul_tflops": {}}, fh)
+            return
         import triton
 
         props = torch.cuda.get_device_properties(0)
@@ -368,6 +407,9 @@ class Bench:
         prepared = {}
         for name, fn in impls.items():
             if name == "compile":
+                if not self.cuda:
+                    prepared[name] = "skipped (cpu smoke)"
+                    continue
                 if self.left() < 35:
                     prepared[name] = "skipped (budget)"
                     continue
@@ -401,7 +443,7 @@ class Bench:
                                 else:
                                     o.backward(gout)
                         val = self.time_ms(call, grad_to_none=leaves)
-                        if name == "fsrf":
+                        if name == "fsrf" and self.cuda:
                             torch.cuda.synchronize()
                             torch.cuda.reset_peak_memory_stats()
                             base = torch.cuda.memory_allocated()
@@ -422,7 +464,8 @@ class Bench:
                     res["peers"][name] = val
             self.emit(res)
         del prepared
-        torch.cuda.empty_cache()
+        if self.cuda:
+            torch.cuda.empty_cache()
 
     # -------------------------------------------------------------------------------- the ops
     def attention(self):
@@ -440,9 +483,9 @@ class Bench:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale)
 
         def ours(q, k, v, mask, scale):
-            return fsrf.ops.masked_cross_attention(q, k, v, mask, scale=scale, backend="cuda")
+            return fsrf.ops.masked_cross_attention(q, k, v, mask, scale=scale, backend=self.be_attn)
 
-        for (B, H, T, D) in ((32, 8, 50, 32), (4, 8, 1024, 64)):
+        for (B, H, T, D) in self.n(((32, 8, 50, 32), (4, 8, 1024, 64)), ((4, 2, 10, 8), (2, 2, 70, 16))):
             for dtype in (torch.bfloat16, torch.float32):
                 g = torch.Generator(device="cpu").manual_seed(0)
                 mask_cpu = torch.rand(B, T, generator=g) > 0.15
@@ -472,16 +515,17 @@ class Bench:
                             reduction="batchmean") * T * T
 
         def kl_ours(s, t):
-            return fsrf.ops.kl_divergence(s, t, temperature=2.0, backend="triton")
+            return fsrf.ops.kl_divergence(s, t, temperature=2.0, backend=self.be_loss)
 
+        R, Cn = self.n((4096, 4096), (64, 100))
         for dtype in (f32, torch.bfloat16):
             es = torch.tensor([], dtype=dtype).element_size()
-            n = 4096 * 4096
+            n = R * Cn
 
             def make(dtype=dtype):
-                s = torch.randn(4096, 4096, device=self.dev, dtype=dtype, requires_grad=True)
-                return [s, torch.randn(4096, 4096, device=self.dev, dtype=dtype)], None
-            self.row("kl_divergence", "4096x4096", dtype, make, {"fsrf": kl_ours, "eager": kl_eager, "compile": kl_eager},
+                s = torch.randn(R, Cn, device=self.dev, dtype=dtype, requires_grad=True)
+                return [s, torch.randn(R, Cn, device=self.dev, dtype=dtype)], None
+            self.row("kl_divergence", f"{R}x{Cn}", dtype, make, {"fsrf": kl_ours, "eager": kl_eager, "compile": kl_eager},
                      nbytes={"fwd": 2 * n * es, "fwd+bwd": 3 * n * es})
 
         # MMD N = M = 8192, d = 256
@@ -496,13 +540,15 @@ class Bench:
             return kmat[:N, :N].mean() + kmat[N:, N:].mean() - 2 * kmat[:N, N:].mean()
 
         def mmd_ours(x, y):
-            return fsrf.ops.mmd(x, y, backend="triton")
+            return fsrf.ops.mmd(x, y, backend=self.be_loss)
+
+        Nm, dm = self.n((8192, 256), (300, 16))
 
         def make_mmd():
-            return [torch.randn(8192, 256, device=self.dev, requires_grad=True),
-                    (torch.randn(8192, 256, device=self.dev) + 0.1).requires_grad_()], None
-        self.row("mmd", "8192+8192x256", f32, make_mmd, {"fsrf": mmd_ours, "eager": mmd_eager, "compile": mmd_eager},
-                 flops=2.0 * (16384 ** 2) * 256, roof_dtype="tf32",
+            return [torch.randn(Nm, dm, device=self.dev, requires_grad=True),
+                    (torch.randn(Nm, dm, device=self.dev) + 0.1).requires_grad_()], None
+        self.row("mmd", f"{Nm}+{Nm}x{dm}", f32, make_mmd, {"fsrf": mmd_ours, "eager": mmd_eager, "compile": mmd_eager},
+                 flops=2.0 * (2 * Nm) ** 2 * dm, roof_dtype="tf32",
                  notes=["MMD FLOPs: the (N+M)^2 pairwise dot products, fwd+bwd = 3x; its float32 products run as "
                         "tf32x3 (3 tf32 products each), so its roof is 1/3 of the tf32 rate shown"])
 
@@ -520,19 +566,19 @@ class Bench:
             c = zs.T @ zs / n
             return (c.pow(2).sum() - torch.diagonal(c).pow(2).sum()) / (d * (d - 1))
 
-        for N, d in ((64, 128), (65536, 128)):
+        for N, d in self.n(((64, 128), (65536, 128)), ((16, 8), (64, 16))):
             def make_o(N=N, d=d):
                 return [torch.randn(N, d, device=self.dev, requires_grad=True),
                         torch.randn(N, d, device=self.dev, requires_grad=True)], None
             self.row("orthogonality_loss", f"{N}x{d} / {N}x{d}", f32, make_o,
-                     {"fsrf": lambda a, b: fsrf.ops.orthogonality_loss(a, b, backend="triton"), "eager": orth_eager,
+                     {"fsrf": lambda a, b: fsrf.ops.orthogonality_loss(a, b, backend=self.be_loss), "eager": orth_eager,
                       "compile": orth_eager}, flops=2.0 * N * d * d,
                      nbytes={"fwd": 2 * N * d * 4, "fwd+bwd": 4 * N * d * 4}, roof_dtype="float32")
-        for N, d in ((64, 128), (65536, 256)):
+        for N, d in self.n(((64, 128), (65536, 256)), ((16, 8), (64, 16))):
             def make_d(N=N, d=d):
                 return [torch.randn(N, d, device=self.dev, requires_grad=True)], None
             self.row("decorrelation_loss", f"{N}x{d}", f32, make_d,
-                     {"fsrf": lambda z: fsrf.ops.decorrelation_loss(z, backend="triton"), "eager": decor_eager,
+                     {"fsrf": lambda z: fsrf.ops.decorrelation_loss(z, backend=self.be_loss), "eager": decor_eager,
                       "compile": decor_eager}, flops=2.0 * N * d * d,
                      nbytes={"fwd": N * d * 4, "fwd+bwd": 2 * N * d * 4})
 
@@ -544,9 +590,9 @@ class Bench:
             return torch.stack(terms).sum()
 
         def grouped_ours(*fs):
-            return fsrf.ops.factor_constraints(list(fs), pairs, decor, backend="triton").sum()
+            return fsrf.ops.factor_constraints(list(fs), pairs, decor, backend=self.be_loss).sum()
 
-        for N, d in ((64, 128), (4096, 256)):
+        for N, d in self.n(((64, 128), (4096, 256)), ((16, 8), (32, 16))):
             def make_g(N=N, d=d):
                 return [torch.randn(N, d, device=self.dev, requires_grad=True) for _ in range(6)], None
             self.row("factor_constraints", f"6x({N}x{d}) 15 pairs+6", f32, make_g,
@@ -564,7 +610,7 @@ class Bench:
             self.emit(dict(op="fsrf_model_step", shape="B64 T50 MOSEI", dtype="float32", mode="fwd+bwd",
                            fsrf_ms=None, peers={}, error=f"skipped: FSRFModel not importable ({exc})"))
             return
-        B, T = 64, 50
+        B, T = self.n((64, 50), (4, 6))
         dims = {"text": 768, "audio": 74, "vision": 35}
         try:
             torch.manual_seed(0)
@@ -581,7 +627,7 @@ class Bench:
             t_auto = self.time_ms(step, grad_to_none=params, rep=200)
             with fsrf.use_backend("torch"):
                 t_torch = self.time_ms(step, grad_to_none=params, rep=200)
-            self.emit(dict(op="fsrf_model_step", shape="B64 T50 MOSEI", dtype="float32", mode="fwd+bwd",
+            self.emit(dict(op="fsrf_model_step", shape=f"B{B} T{T} MOSEI", dtype="float32", mode="fwd+bwd",
                            fsrf_ms=t_auto, peers={"fsrf-torch": t_torch},
                            notes=["model step peer = the same model with every op on the torch backend"]))
         except Exception as exc:
@@ -590,19 +636,19 @@ class Bench:
                            fsrf_ms=None, peers={}, error=f"{type(exc).__name__}: {exc}"))
 
 
-def bench(out, budget_s):
+def bench(out, budget_s, device="cuda"):
     import torch
 
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         print("gpu_report bench: no CUDA device; nothing to measure")
         return 2
     import fsrf
 
     fsrf.set_check_finite(False)
     os.makedirs(out, exist_ok=True)
-    b = Bench(out, budget_s)
-    print(f"fsrf backends on cuda: " + ", ".join(
-        f"{op}={e['cuda']}" for op, e in fsrf.info()["ops"].items()), flush=True)
+    b = Bench(out, budget_s, device)
+    print(f"fsrf backends on {device}: " + ", ".join(
+        f"{op}={e[device]}" for op, e in fsrf.info()["ops"].items()), flush=True)
     status = 0
     for part in (b.roofline, b.attention, b.losses, b.model_step):
         if b.left() < 3:
@@ -628,9 +674,11 @@ def main(argv=None):
     p.add_argument("cmd", choices=["bench", "table"], help="what to do")
     p.add_argument("out", nargs="?", default="./gpu_check_out", help="output folder (default ./gpu_check_out)")
     p.add_argument("--budget-s", type=float, default=125.0, help="soft time budget of `bench` in seconds")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: smoke run of the benchmark code on tiny shapes (no GPU needed)")
     a = p.parse_args(argv)
     if a.cmd == "bench":
-        return bench(os.path.abspath(a.out), a.budget_s)
+        return bench(os.path.abspath(a.out), a.budget_s, a.device)
     table(os.path.abspath(a.out))
     return 0
 

@@ -31,6 +31,13 @@ Design (see ``fsrf/ops/factor_constraints.py`` for the public op):
   tile (kept for the backward) and the scaled sum of squares of its tile. Programs of one term
   recompute the same stats instead of synchronising (Triton has no grid barrier); at FSRF sizes
   (``d ≤ 128``) a term is a single tile so nothing is recomputed.
+* **Forward for large N (GPU, N > 1024): three launches.** One program per term would serialise
+  a long batch on one SM, and the means needed before the row norms are a batch-wide reduction
+  that no single launch can wait for. So: (1) per (term, row block) row counts and column sums;
+  (2) per (term, tile, row block) the means (from (1)), the row norms of the block's rows and the
+  block's partial Gram tile, centring and row scaling applied on load; (3) per (term, tile) the
+  sum of the partial Grams and the loss. Decorrelation needs no column pass before its Gram:
+  ``σ_j² = M_jj / n + eps`` is the diagonal of the centred Gram, and ``C = M / (n σ_j σ_k)``.
 * **Backward, two launches.** Kernel 1, grid ``(sides, row tiles)``: for one side of one term
   and ``BLOCK_N`` rows it forms ``U = ∂L/∂X̂`` from the saved ``M`` (``U = Ŷ Gᵀ``), back-propagates
   through the row / column normalisation (row-local given the saved stats; the decorrelation
@@ -38,7 +45,14 @@ Design (see ``fsrf/ops/factor_constraints.py`` for the public op):
   result into a per-side slab and the slab's column sums of the tile into a partial-sum buffer.
   Kernel 2, grid ``(factors, row tiles, column tiles)``: sums the slabs of each factor, applies
   the centring backward ``dx = dx̃ − w · colsum(dx̃)/n`` from the partial sums, and writes the
-  gradient in the input dtype. No atomics, so the result is deterministic.
+  gradient in the input dtype. No atomics, so the result is deterministic. (With more than 8
+  row tiles the partial column sums are first added up by one torch reduction.)
+
+Backward formulas (``U = ∂L/∂X̂``, ``c`` the centred rows, ``r = ‖c‖``, ``s = 1/(r + eps)``):
+orthogonality ``∂L/∂c_i = w_i s_i (U_i − [not detach_norm] t_i c_i / r_i)`` with
+``t_i = s_i ⟨U_i, c_i⟩`` — the second term is the path through the row norm, dropped when the
+norm is detached (MISA); decorrelation ``∂L/∂c_ij = (U_ij − w_i Ẑ_ij q_j / n) / σ_j``; both then
+go through the centring backward above. Checked against float64 autograd in the tests.
 
 All arithmetic is fp32 (inputs are upcast right after ``tl.load``, which also keeps bf16 correct
 under ``TRITON_INTERPRET=1``); fp32 inputs use IEEE fp32 dot products, fp16/bf16 inputs TF32.
@@ -47,7 +61,6 @@ under ``TRITON_INTERPRET=1``); fp32 inputs use IEEE fp32 dot products, fp16/bf16
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch

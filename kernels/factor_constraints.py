@@ -19,7 +19,7 @@ __all__ = ["forward", "backward"]
 
 def _pack(factors: Sequence[torch.Tensor]) -> torch.Tensor:
     # One (N, Σd_i) buffer: every term then addresses its factors by column offset (see _gram).
-    return torch.cat([f for f in factors], dim=1).contiguous()
+    return torch.cat(list(factors), dim=1).contiguous()
 
 
 def _masks_u8(masks: torch.Tensor | None) -> torch.Tensor | None:

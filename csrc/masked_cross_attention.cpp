@@ -83,6 +83,7 @@ int64_t mean_observed(const std::vector<int64_t>& count) {
 
 template <typename T>
 struct TileKernels {
+  // C (=|+=) A * B with B packed in column panels (see masked_cross_attention_tiles.h).
   void (*gemm)(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, bool);
   void (*softmax_update)(T*, int64_t, int64_t, int64_t, T, T*, T*, T*, int64_t, int64_t, bool);
   void (*probs_from_lse)(T*, int64_t, int64_t, int64_t, T, const T*, T*);
@@ -150,23 +151,45 @@ inline int64_t key_row(const KeyIndex& ki, int64_t b, int64_t r, bool all) {
   return all ? r : ki.idx[ki.offset[b] + r];
 }
 
-// dst (n x dh, row-major) = gathered/converted rows of src (Tk x dh).
-template <typename I, typename T>
-void gather_rows(const I* src, int64_t dh, const KeyIndex& ki, int64_t b, int64_t n, bool all, T* dst) {
-  for (int64_t r = 0; r < n; ++r) {
-    const I* s = src + key_row(ki, b, r, all) * dh;
-    T* d = dst + r * dh;
-    for (int64_t c = 0; c < dh; ++c) d[c] = static_cast<T>(s[c]);
+// Width of the GEMM's B panels: two 32-byte vectors (16 floats / 8 doubles), for both ISA copies.
+template <typename T>
+constexpr int64_t panel_width() { return 2 * static_cast<int64_t>(32 / sizeof(T)); }
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// B = X (rows x cols), X's row r at row(r): panels over columns, each `rows` deep.
+// Size round_up(cols, NR) * rows; panel stride rows * NR.
+template <typename I, typename T, typename Row>
+void pack_rows(Row row, int64_t rows, int64_t cols, T* dst) {
+  constexpr int64_t NR = panel_width<T>();
+  for (int64_t p = 0; p * NR < cols; ++p) {
+    T* d = dst + p * rows * NR;
+    const int64_t c0 = p * NR, nc = std::min(NR, cols - c0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const I* s = row(r) + c0;
+      int64_t j = 0;
+      for (; j < nc; ++j) d[r * NR + j] = static_cast<T>(s[j]);
+      for (; j < NR; ++j) d[r * NR + j] = T(0);
+    }
   }
 }
 
-// dst (dh x n, row-major) = transpose of the gathered rows of src (Tk x dh).
-template <typename I, typename T>
-void gather_rows_transposed(const I* src, int64_t dh, const KeyIndex& ki, int64_t b, int64_t n, bool all,
-                            T* dst) {
-  for (int64_t r = 0; r < n; ++r) {
-    const I* s = src + key_row(ki, b, r, all) * dh;
-    for (int64_t c = 0; c < dh; ++c) dst[c * n + r] = static_cast<T>(s[c]);
+// B = X^T for X (rows x cols): panels over X's rows, each `cols` deep.
+// Size round_up(rows, NR) * cols; panel stride cols * NR.
+template <typename I, typename T, typename Row>
+void pack_transposed(Row row, int64_t rows, int64_t cols, T* dst) {
+  constexpr int64_t NR = panel_width<T>();
+  for (int64_t p = 0; p * NR < rows; ++p) {
+    T* d = dst + p * cols * NR;
+    for (int64_t j = 0; j < NR; ++j) {
+      const int64_t r = p * NR + j;
+      if (r < rows) {
+        const I* s = row(r);
+        for (int64_t c = 0; c < cols; ++c) d[c * NR + j] = static_cast<T>(s[c]);
+      } else {
+        for (int64_t c = 0; c < cols; ++c) d[c * NR + j] = T(0);
+      }
+    }
   }
 }
 
@@ -227,9 +250,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // gathered keys/values of a pair are built once per thread and reused across its blocks.
   const int64_t grain = grain_for(2 * std::min(kBlockQ, Tq) * mean_observed(ki.count) * Dh);
   at::parallel_for(0, B * H * nqb, grain, [&](int64_t begin, int64_t end) {
+    constexpr int64_t NR = panel_width<T>();
     std::vector<T> kt_buf, v_buf, q_buf, s_buf, acc_buf, m_buf, l_buf;
     int64_t cached_pair = -1;
-    const T* vpair = nullptr;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t pair = t / nqb, qb = t % nqb, b = pair / H;
       const int64_t i0 = qb * kBlockQ, bq = std::min(kBlockQ, Tq - i0);
@@ -244,18 +267,16 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
       const bool all = ki.all_observed(b, Tk);
       if (pair != cached_pair) {
-        T* kt = grow(kt_buf, Dh * n);
-        gather_rows_transposed<I, T>(kp + pair * Tk * Dh, Dh, ki, b, n, all, kt);
-        if (same && all) {
-          vpair = reinterpret_cast<const T*>(vp + pair * Tk * Dh);
-        } else {
-          T* vb = grow(v_buf, n * Dh);
-          gather_rows<I, T>(vp + pair * Tk * Dh, Dh, ki, b, n, all, vb);
-          vpair = vb;
-        }
+        const I* kpair = kp + pair * Tk * Dh;
+        const I* vpair = vp + pair * Tk * Dh;
+        auto krow = [&](int64_t r) { return kpair + key_row(ki, b, r, all) * Dh; };
+        auto vrow = [&](int64_t r) { return vpair + key_row(ki, b, r, all) * Dh; };
+        pack_transposed<I, T>(krow, n, Dh, grow(kt_buf, round_up(n, NR) * Dh));
+        pack_rows<I, T>(vrow, n, Dh, grow(v_buf, round_up(Dh, NR) * n));
         cached_pair = pair;
       }
-      const T* kt = kt_buf.data();
+      const T* KTp = kt_buf.data();  // panels over keys, stride Dh * NR
+      const T* Vp = v_buf.data();    // panels over head dims, stride n * NR
       const T* qblk;
       if (same) {
         qblk = reinterpret_cast<const T*>(qp + (pair * Tq + i0) * Dh);
@@ -271,9 +292,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       for (int64_t j0 = 0; j0 < n; j0 += kBlockK) {
         const int64_t bk = std::min(kBlockK, n - j0);
         const bool first = j0 == 0;
-        K.gemm(bq, bk, Dh, qblk, Dh, 1, kt + j0, n, s, bk, false);
+        K.gemm(bq, bk, Dh, qblk, Dh, 1, KTp + (j0 / NR) * Dh * NR, Dh * NR, s, bk, false);  // S = Q K^T
         K.softmax_update(s, bq, bk, bk, scale, m, l, acc, Dh, Dh, first);
-        K.gemm(bq, Dh, bk, s, bk, 1, vpair + j0 * Dh, Dh, acc, Dh, !first);
+        K.gemm(bq, Dh, bk, s, bk, 1, Vp + j0 * NR, n * NR, acc, Dh, !first);  // acc += P V
       }
       for (int64_t i = 0; i < bq; ++i) {
         const T inv = T(1) / l[i];
@@ -327,8 +348,9 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
 
   const int64_t grain = grain_for(5 * Tq * mean_observed(ki.count) * Dh);
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> q_buf, do_buf, d_buf, k_buf, kt_buf, vt_buf, dq_buf, dk_buf, dv_buf, p_buf, dp_buf, lse_buf,
-        sum_buf;
+    constexpr int64_t NR = panel_width<T>();
+    std::vector<T> q_buf, do_buf, d_buf, qp_buf, dop_buf, kp_buf, kt_buf, vt_buf, dq_buf, dk_buf, dv_buf, p_buf,
+        dp_buf, lse_buf, sum_buf;
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / H;
       const int64_t n = ki.count[b];
@@ -342,29 +364,38 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
         continue;
       }
       const bool all = ki.all_observed(b, Tk);
-      const T *Q, *dO, *Kr;
+      const I* qpair = qp + pair * Tq * Dh;
+      const I* gopair = gop + pair * Tq * Dh;
+      const I* kpair = kp + pair * Tk * Dh;
+      const I* vpair = vp + pair * Tk * Dh;
+      // Row-major Q and dO (A operands).
+      const T *Q, *dO;
       if (same) {
-        Q = reinterpret_cast<const T*>(qp + pair * Tq * Dh);
-        dO = reinterpret_cast<const T*>(gop + pair * Tq * Dh);
+        Q = reinterpret_cast<const T*>(qpair);
+        dO = reinterpret_cast<const T*>(gopair);
       } else {
         T* qb = grow(q_buf, Tq * Dh);
-        convert<I, T>(qp + pair * Tq * Dh, Tq * Dh, qb);
+        convert<I, T>(qpair, Tq * Dh, qb);
         T* db = grow(do_buf, Tq * Dh);
-        convert<I, T>(gop + pair * Tq * Dh, Tq * Dh, db);
+        convert<I, T>(gopair, Tq * Dh, db);
         Q = qb;
         dO = db;
       }
-      if (same && all) {
-        Kr = reinterpret_cast<const T*>(kp + pair * Tk * Dh);
-      } else {
-        T* kb = grow(k_buf, n * Dh);
-        gather_rows<I, T>(kp + pair * Tk * Dh, Dh, ki, b, n, all, kb);
-        Kr = kb;
-      }
-      T* KT = grow(kt_buf, Dh * n);
-      gather_rows_transposed<I, T>(kp + pair * Tk * Dh, Dh, ki, b, n, all, KT);
-      T* VT = grow(vt_buf, Dh * n);
-      gather_rows_transposed<I, T>(vp + pair * Tk * Dh, Dh, ki, b, n, all, VT);
+      // Packed B operands: Q, dO, K (panels over head dims); K^T, V^T (panels over keys).
+      auto qrow = [&](int64_t r) { return qpair + r * Dh; };
+      auto dorow = [&](int64_t r) { return gopair + r * Dh; };
+      auto krow = [&](int64_t r) { return kpair + key_row(ki, b, r, all) * Dh; };
+      auto vrow = [&](int64_t r) { return vpair + key_row(ki, b, r, all) * Dh; };
+      T* Qp = grow(qp_buf, round_up(Dh, NR) * Tq);
+      pack_rows<I, T>(qrow, Tq, Dh, Qp);
+      T* dOp = grow(dop_buf, round_up(Dh, NR) * Tq);
+      pack_rows<I, T>(dorow, Tq, Dh, dOp);
+      T* Kp = grow(kp_buf, round_up(Dh, NR) * n);
+      pack_rows<I, T>(krow, n, Dh, Kp);
+      T* KTp = grow(kt_buf, round_up(n, NR) * Dh);
+      pack_transposed<I, T>(krow, n, Dh, KTp);
+      T* VTp = grow(vt_buf, round_up(n, NR) * Dh);
+      pack_transposed<I, T>(vrow, n, Dh, VTp);
       // D_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax-backward correction term.
       T* D = grow(d_buf, Tq);
       const I* o = op + pair * Tq * Dh;
@@ -394,7 +425,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
           const int64_t bk = std::min(kBlockK, n - j0);
           for (int64_t i0 = 0; i0 < Tq; i0 += kBlockQ) {
             const int64_t bq = std::min(kBlockQ, Tq - i0);
-            K.gemm(bq, bk, Dh, Q + i0 * Dh, Dh, 1, KT + j0, n, P, bk, false);
+            K.gemm(bq, bk, Dh, Q + i0 * Dh, Dh, 1, KTp + (j0 / NR) * Dh * NR, Dh * NR, P, bk, false);
             K.probs_from_lse(P, bq, bk, bk, scale, L + i0, rs + i0);
           }
         }
@@ -402,17 +433,17 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
       }
       for (int64_t j0 = 0; j0 < n; j0 += kBlockK) {
         const int64_t bk = std::min(kBlockK, n - j0);
+        const T* KTj = KTp + (j0 / NR) * Dh * NR;
+        const T* VTj = VTp + (j0 / NR) * Dh * NR;
         for (int64_t i0 = 0; i0 < Tq; i0 += kBlockQ) {
           const int64_t bq = std::min(kBlockQ, Tq - i0);
-          const T* Qi = Q + i0 * Dh;
-          const T* dOi = dO + i0 * Dh;
-          K.gemm(bq, bk, Dh, Qi, Dh, 1, KT + j0, n, P, bk, false);
-          K.probs_from_lse(P, bq, bk, bk, scale, L + i0, nullptr);
-          K.gemm(bk, Dh, bq, P, 1, bk, dOi, Dh, dV + j0 * Dh, Dh, true);   // dV += P^T dO
-          K.gemm(bq, bk, Dh, dOi, Dh, 1, VT + j0, n, dP, bk, false);     // dP = dO V^T
-          K.softmax_bwd(P, dP, bq, bk, bk, D + i0, scale);               // dS*scale
-          K.gemm(bq, Dh, bk, dP, bk, 1, Kr + j0 * Dh, Dh, dQ + i0 * Dh, Dh, true);  // dQ += dS K
-          K.gemm(bk, Dh, bq, dP, 1, bk, Qi, Dh, dK + j0 * Dh, Dh, true);            // dK += dS^T Q
+          K.gemm(bq, bk, Dh, Q + i0 * Dh, Dh, 1, KTj, Dh * NR, P, bk, false);             // S = Q K^T
+          K.probs_from_lse(P, bq, bk, bk, scale, L + i0, nullptr);                         // P
+          K.gemm(bk, Dh, bq, P, 1, bk, dOp + i0 * NR, Tq * NR, dV + j0 * Dh, Dh, true);   // dV += P^T dO
+          K.gemm(bq, bk, Dh, dO + i0 * Dh, Dh, 1, VTj, Dh * NR, dP, bk, false);           // dP = dO V^T
+          K.softmax_bwd(P, dP, bq, bk, bk, D + i0, scale);                                 // dS * scale
+          K.gemm(bq, Dh, bk, dP, bk, 1, Kp + j0 * NR, n * NR, dQ + i0 * Dh, Dh, true);    // dQ += dS K
+          K.gemm(bk, Dh, bq, dP, 1, bk, Qp + i0 * NR, Tq * NR, dK + j0 * Dh, Dh, true);   // dK += dS^T Q
         }
       }
       if (!same) {

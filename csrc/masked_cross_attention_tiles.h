@@ -37,27 +37,38 @@ template <typename V, typename T>
 FSRF_INL void vstore(T* p, V x) {
   __builtin_memcpy(p, &x, sizeof(V));
 }
+// Broadcast written as a full initializer list: compiles to one vbroadcastss/sd (`V{} + x` keeps
+// a real addition, since 0 + -0 = +0, and a lane-by-lane loop becomes a chain of inserts).
+FSRF_INL vf vbroadcast(float x) { return vf{x, x, x, x, x, x, x, x}; }
+FSRF_INL vd vbroadcast(double x) { return vd{x, x, x, x}; }
 template <typename V, typename T>
 FSRF_INL V vsplat(T x) {
-  V r = {};
-  return r + x;
+  return vbroadcast(x);
 }
 FSRF_INL vf vfma(vf a, vf b, vf c) { return FSRF_MCA_FMA_F(a, b, c); }
 FSRF_INL vd vfma(vd a, vd b, vd c) { return FSRF_MCA_FMA_D(a, b, c); }
 
-// Lane-wise select through bit operations (comparisons give all-ones/zero integer lanes), which
-// GCC and Clang both accept for generic vectors.
+// Lane-wise max/min. GCC turns the vector conditional into vmaxps/vminps (same NaN rule);
+// other compilers get a select through bit operations.
 template <typename V>
 FSRF_INL V vmax(V a, V b) {
+#if defined(__GNUC__) && !defined(__clang__)
+  return a > b ? a : b;
+#else
   auto m = a > b;
   typedef decltype(m) M;
   return (V)((m & (M)a) | (~m & (M)b));
+#endif
 }
 template <typename V>
 FSRF_INL V vmin(V a, V b) {
+#if defined(__GNUC__) && !defined(__clang__)
+  return a < b ? a : b;
+#else
   auto m = a < b;
   typedef decltype(m) M;
   return (V)((m & (M)a) | (~m & (M)b));
+#endif
 }
 
 template <typename T, typename V>
@@ -73,14 +84,15 @@ FSRF_INL T hsum(V x) {
   return r;
 }
 
-// e^x for float lanes. Callers pass x <= ~0 (scores minus the row maximum or the log-sum-exp).
+// e^x for float lanes, x <= 88. Callers pass x <= ~0 (scores minus the row maximum or the
+// log-sum-exp), so only underflow needs care.
 // Cody-Waite reduction x = n ln2 + r with |r| <= ln2/2, the classic degree-5 minimax polynomial
 // for e^r (about 1 ulp), and 2^n assembled in the exponent bits. Lanes below -87 are flushed to
 // 0: that is under float resolution relative to the row maximum's weight of 1.
 FSRF_INL vf vexp(vf x) {
   const vf lo = vsplat<vf>(-87.0f);
   const vi under = x < lo;
-  x = vmin(vmax(x, lo), vsplat<vf>(88.0f));
+  x = vmax(x, lo);
   const vf magic = vsplat<vf>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const vf t = vfma(x, vsplat<vf>(1.44269504088896341f), magic);
   const vf n = t - magic;
@@ -100,87 +112,83 @@ FSRF_INL vf vexp(vf x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GEMM: C[M x N] (=|+=) A[M x K] * B[K x N]. A is addressed with arbitrary strides so that
-// transposed operands (P^T, dS^T) need no copy; B and C are row-major with leading dimensions.
-// Register-blocked micro-kernel of MR rows x 2 vectors; column panels of B stay in L1 while all
-// row blocks of A stream past them.
+// GEMM: C[M x N] (=|+=) A[M x K] * B[K x N].
+// A is addressed with arbitrary strides, so transposed operands (P^T, dS^T) need no copy.
+// B is packed in column panels of NR = 2 vectors: panel p holds columns [p*NR, p*NR + NR) as K
+// contiguous rows of NR values (zero-padded past N), and starts at Bp + p * panel_stride. Reading a
+// panel is then one contiguous stream that stays in L1 while every row block of A passes by,
+// instead of K rows a large power-of-two stride apart that all fall into the same cache sets.
 // ---------------------------------------------------------------------------------------------
 
-template <typename T, int MR, int NV>
-FSRF_INL void micro(int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B, int64_t ldb,
-                    T* C, int64_t ldc, bool accumulate) {
+template <typename T, int MR>
+FSRF_INL void micro(int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, T* C, int64_t ldc,
+                    bool accumulate) {
   typedef typename VecOf<T>::type V;
   constexpr int W = VecOf<T>::W;
-  V c[MR][NV];
+  V c[MR][2];
 #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) c[i][v] = accumulate ? vload<V>(C + i * ldc + v * W) : V{};
+  for (int i = 0; i < MR; ++i) {
+    c[i][0] = accumulate ? vload<V>(C + i * ldc) : V{};
+    c[i][1] = accumulate ? vload<V>(C + i * ldc + W) : V{};
+  }
   for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) b[v] = vload<V>(B + k * ldb + v * W);
+    const V b0 = vload<V>(Bp + k * 2 * W);
+    const V b1 = vload<V>(Bp + k * 2 * W + W);
     const T* a = A + k * a_cs;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const V ai = vsplat<V>(a[i * a_rs]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) c[i][v] = vfma(ai, b[v], c[i][v]);
+      c[i][0] = vfma(ai, b0, c[i][0]);
+      c[i][1] = vfma(ai, b1, c[i][1]);
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) vstore(C + i * ldc + v * W, c[i][v]);
+  for (int i = 0; i < MR; ++i) {
+    vstore(C + i * ldc, c[i][0]);
+    vstore(C + i * ldc + W, c[i][1]);
+  }
 }
 
-template <typename T, int NV>
-FSRF_INL void micro_rows(int mr, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-                         int64_t ldb, T* C, int64_t ldc, bool acc) {
-  // Dispatch a partial row block to a fully unrolled kernel of exactly that many rows.
+template <typename T>
+FSRF_INL void micro_rows(int mr, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp, T* C,
+                         int64_t ldc, bool acc) {
+  // A partial row block goes to a fully unrolled kernel of exactly that many rows.
   switch (mr) {
-    case 1: micro<T, 1, NV>(K, A, a_rs, a_cs, B, ldb, C, ldc, acc); break;
-    case 2: micro<T, 2, NV>(K, A, a_rs, a_cs, B, ldb, C, ldc, acc); break;
-    case 3: micro<T, 3, NV>(K, A, a_rs, a_cs, B, ldb, C, ldc, acc); break;
+    case 1: micro<T, 1>(K, A, a_rs, a_cs, Bp, C, ldc, acc); break;
+    case 2: micro<T, 2>(K, A, a_rs, a_cs, Bp, C, ldc, acc); break;
+    case 3: micro<T, 3>(K, A, a_rs, a_cs, Bp, C, ldc, acc); break;
 #if FSRF_MCA_MR > 3
-    case 4: micro<T, 4, NV>(K, A, a_rs, a_cs, B, ldb, C, ldc, acc); break;
-    case 5: micro<T, 5, NV>(K, A, a_rs, a_cs, B, ldb, C, ldc, acc); break;
-    case 6: micro<T, 6, NV>(K, A, a_rs, a_cs, B, ldb, C, ldc, acc); break;
+    case 4: micro<T, 4>(K, A, a_rs, a_cs, Bp, C, ldc, acc); break;
+    case 5: micro<T, 5>(K, A, a_rs, a_cs, Bp, C, ldc, acc); break;
+    case 6: micro<T, 6>(K, A, a_rs, a_cs, Bp, C, ldc, acc); break;
 #endif
     default: break;
   }
 }
 
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-          int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  constexpr int W = VecOf<T>::W;
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* Bp,
+          int64_t panel_stride, T* C, int64_t ldc, bool accumulate) {
+  constexpr int NR = 2 * VecOf<T>::W;
   constexpr int MR = FSRF_MCA_MR;
-  int64_t j0 = 0;
-  for (; j0 + 2 * W <= N; j0 += 2 * W) {
-    int64_t i0 = 0;
-    for (; i0 + MR <= M; i0 += MR)
-      micro<T, MR, 2>(K, A + i0 * a_rs, a_rs, a_cs, B + j0, ldb, C + i0 * ldc + j0, ldc, accumulate);
-    if (i0 < M)
-      micro_rows<T, 2>(int(M - i0), K, A + i0 * a_rs, a_rs, a_cs, B + j0, ldb, C + i0 * ldc + j0, ldc,
-                       accumulate);
-  }
-  for (; j0 + W <= N; j0 += W) {
-    int64_t i0 = 0;
-    for (; i0 + MR <= M; i0 += MR)
-      micro<T, MR, 1>(K, A + i0 * a_rs, a_rs, a_cs, B + j0, ldb, C + i0 * ldc + j0, ldc, accumulate);
-    if (i0 < M)
-      micro_rows<T, 1>(int(M - i0), K, A + i0 * a_rs, a_rs, a_cs, B + j0, ldb, C + i0 * ldc + j0, ldc,
-                       accumulate);
-  }
-  if (j0 < N) {
-    // Fewer columns than one vector (odd head sizes, the last key block): plain loops.
-    for (int64_t i = 0; i < M; ++i) {
-      T* c = C + i * ldc;
-      for (int64_t j = j0; j < N; ++j) {
-        T s = accumulate ? c[j] : T(0);
-        for (int64_t k = 0; k < K; ++k) s += A[i * a_rs + k * a_cs] * B[k * ldb + j];
-        c[j] = s;
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const T* bp = Bp + (j0 / NR) * panel_stride;
+    const int64_t nr = N - j0 < NR ? N - j0 : NR;
+    if (nr == NR) {
+      int64_t i0 = 0;
+      for (; i0 + MR <= M; i0 += MR)
+        micro<T, MR>(K, A + i0 * a_rs, a_rs, a_cs, bp, C + i0 * ldc + j0, ldc, accumulate);
+      if (i0 < M) micro_rows<T>(int(M - i0), K, A + i0 * a_rs, a_rs, a_cs, bp, C + i0 * ldc + j0, ldc, accumulate);
+    } else {
+      // Last, partial panel (zero-padded in Bp): compute full-width rows into a scratch tile.
+      T tmp[MR * NR];
+      for (int64_t i0 = 0; i0 < M; i0 += MR) {
+        const int mr = int(M - i0 < MR ? M - i0 : MR);
+        for (int i = 0; i < mr; ++i)
+          for (int j = 0; j < NR; ++j) tmp[i * NR + j] = (accumulate && j < nr) ? C[(i0 + i) * ldc + j0 + j] : T(0);
+        micro_rows<T>(mr, K, A + i0 * a_rs, a_rs, a_cs, bp, tmp, NR, true);
+        for (int i = 0; i < mr; ++i)
+          for (int j = 0; j < nr; ++j) C[(i0 + i) * ldc + j0 + j] = tmp[i * NR + j];
       }
     }
   }
@@ -190,9 +198,9 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_c
 // Softmax pieces. Rows are `cols` long with leading dimension `ld`.
 // ---------------------------------------------------------------------------------------------
 
-// s <- s * scale in place; returns the row maximum.
+// max_j s[j] * scale, without writing the scaled scores back (the exp pass applies the scale).
 template <typename T>
-FSRF_INL T scale_and_max(T* s, int64_t cols, T scale) {
+FSRF_INL T scaled_max(const T* s, int64_t cols, T scale) {
   typedef typename VecOf<T>::type V;
   constexpr int W = VecOf<T>::W;
   const V vs = vsplat<V>(scale);
@@ -200,16 +208,12 @@ FSRF_INL T scale_and_max(T* s, int64_t cols, T scale) {
   int64_t j = 0;
   if (cols >= W) {
     V vm = vsplat<V>(T(-__builtin_inf()));
-    for (; j + W <= cols; j += W) {
-      V x = vload<V>(s + j) * vs;
-      vstore(s + j, x);
-      vm = vmax(vm, x);
-    }
+    for (; j + W <= cols; j += W) vm = vmax(vm, vload<V>(s + j) * vs);
     mx = hmax<T>(vm);
   }
   for (; j < cols; ++j) {
-    s[j] *= scale;
-    mx = s[j] > mx ? s[j] : mx;
+    const T x = s[j] * scale;
+    mx = x > mx ? x : mx;
   }
   return mx;
 }
@@ -251,17 +255,17 @@ FSRF_INL double exp_row(double* s, int64_t cols, double mul, double sub) {
   return sum;
 }
 
-// One key tile of the online softmax for `rows` query rows: scales the scores, updates the
-// running maximum m and normaliser l, rescales the output accumulator rows by
-// exp(m_old - m_new) (unless `first`), and leaves P = exp(s - m_new) in place of the scores.
+// One key tile of the online softmax for `rows` query rows: updates the running maximum m (of the
+// scaled scores) and normaliser l, rescales the output accumulator rows by
+// exp(m_old - m_new) (unless `first`), and leaves P = exp(scale * s - m_new) in place of the raw scores.
 template <typename T>
 void softmax_update(T* S, int64_t rows, int64_t cols, int64_t ld, T scale, T* m, T* l, T* acc,
                     int64_t ldacc, int64_t dh, bool first) {
   for (int64_t i = 0; i < rows; ++i) {
     T* s = S + i * ld;
-    T mx = scale_and_max<T>(s, cols, scale);
+    T mx = scaled_max<T>(s, cols, scale);
     if (!first && m[i] > mx) mx = m[i];
-    T sum = exp_row(s, cols, T(1), mx);
+    T sum = exp_row(s, cols, scale, mx);
     if (first) {
       l[i] = sum;
     } else {

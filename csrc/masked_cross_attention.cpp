@@ -20,8 +20,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -103,14 +105,22 @@ TileKernels<T> make_kernels(bool avx2) {
           &fsrf_mca_base::softmax_bwd<T>};
 }
 
+// Whether the AVX2+FMA tile kernels run. FSRF_CPU_BASELINE=1 forces the baseline copy (read once),
+// so that it can be tested on machines that have AVX2.
 bool cpu_has_avx2() {
 #ifdef FSRF_MCA_HAVE_AVX2
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    const char* env = std::getenv("FSRF_CPU_BASELINE");
+    if (env != nullptr && std::string(env) == "1") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 #else
   return false;
 #endif
 }
+
+std::string cpu_kernel_isa() { return cpu_has_avx2() ? "avx2" : "baseline"; }
 
 template <typename T>
 const TileKernels<T>& kernels() {
@@ -512,6 +522,9 @@ TORCH_LIBRARY(fsrf, m) {
   m.def("masked_cross_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_mask, float scale) -> (Tensor, Tensor)");
   m.def("masked_cross_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? key_mask, Tensor out, "
         "Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
+  // Diagnostic, not part of the contract: which copy of the CPU tile kernels runs ("avx2" or
+  // "baseline"; FSRF_CPU_BASELINE=1 forces the latter).
+  m.def("_masked_cross_attention_cpu_isa() -> str", &fsrf::cpu_kernel_isa);
 }
 
 TORCH_LIBRARY_IMPL(fsrf, CPU, m) {

@@ -485,3 +485,61 @@ def test_memory_grows_linearly_in_sequence_length():
     # growth is ~4x from T = 1024 to 4096 (quadratic would be 16x).
     assert c4 <= 6 * max(c1, 1 << 20), info
     assert c4 < t2, info  # at 4x the length, still below the reference at 2048
+
+
+# --------------------------------------------------------------------------------------------
+# The two copies of the CPU tile kernels (AVX2+FMA, and the baseline-ISA fallback)
+# --------------------------------------------------------------------------------------------
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@needs_cpp
+def test_avx2_kernels_used_when_the_cpu_has_them():
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to read the CPU's features from")
+    isa = torch.ops.fsrf._masked_cross_attention_cpu_isa()
+    if os.environ.get("FSRF_CPU_BASELINE") == "1":
+        assert isa == "baseline"
+    elif {"avx2", "fma"} <= flags and sys.platform.startswith("linux") and "x86" in os.uname().machine:
+        assert isa == "avx2"
+    else:
+        assert isa == "baseline"
+
+
+@needs_cpp
+def test_baseline_isa_kernels_match_float64():
+    code = textwrap.dedent("""
+        import sys, torch
+        sys.path.insert(0, sys.argv[1])
+        from test_masked_cross_attention import make, naive, grads
+        from fsrf.ops import masked_cross_attention as mca
+        assert torch.ops.fsrf._masked_cross_attention_cpu_isa() == "baseline"
+        torch.manual_seed(0)
+        for shape in [(3, 2, 5, 7, 8), (2, 1, 70, 300, 13), (3, 2, 9, 17, 64)]:
+            for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 1e-11)):
+                q, k, v, m = make(*shape, dtype=dtype)
+                g = torch.randn_like(q)
+                out = mca(q, k, v, m, backend="cpp")
+                q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+                ref = naive(q64, k64, v64, m)
+                torch.testing.assert_close(out.double(), ref, atol=tol, rtol=10 * tol)
+                for a, b in zip(grads(out, (q, k, v), g), grads(ref, (q64, k64, v64), g.double())):
+                    torch.testing.assert_close(a.double(), b, atol=tol, rtol=10 * tol)
+        print("ok")
+    """)
+    env = dict(os.environ, FSRF_CPU_BASELINE="1")
+    env.pop("FSRF_BACKEND", None)
+    r = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ok")

@@ -190,6 +190,28 @@ def test_empty_queries(backend):
     assert dq.shape == q.shape and (dk == 0).all() and (dv == 0).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [-0.8, 0.0, 3.0])
+def test_any_finite_scale(backend, scale):
+    # Negative scales flip which key is the row maximum; 0 gives uniform weights.
+    q, k, v, m = make(3, 2, 7, 300, 16, dtype=torch.float64)
+    g = torch.randn_like(q)
+    out = mca(q, k, v, m, scale=scale, backend=backend)
+    q64, k64, v64 = (x.detach().requires_grad_() for x in (q, k, v))
+    ref = naive(q64, k64, v64, m, scale=scale)
+    torch.testing.assert_close(out, ref, atol=1e-11, rtol=1e-9)
+    for a, b in zip(grads(out, (q, k, v), g), grads(ref, (q64, k64, v64), g)):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    q, k, v, _ = make(0, 2, 3, 5, 4)
+    out = mca(q, k, v, torch.ones(0, 5, dtype=torch.bool), backend=backend)
+    assert out.shape == (0, 2, 3, 4)
+    assert torch.autograd.grad(out.sum(), q)[0].shape == q.shape
+
+
 @needs_cpp
 def test_deterministic():
     q, k, v, m = make(3, 4, 70, 300, 32)
@@ -387,6 +409,8 @@ BAD = [
     (dict(v=torch.randn(2, 3, 6, 8)), ValueError, r"v must have the shape of k \(2, 3, 5, 8\); got \(2, 3, 6, 8\)"),
     (dict(k=torch.randn(2, 3, 0, 8), v=torch.randn(2, 3, 0, 8), key_mask=None), ValueError,
      r"k must have at least one key \(Tk >= 1\)"),
+    (dict(q=torch.randn(2, 3, 4, 0), k=torch.randn(2, 3, 5, 0), v=torch.randn(2, 3, 5, 0)), ValueError,
+     r"head dimension Dh >= 1; got q shape \(2, 3, 4, 0\)"),
     (dict(key_mask=torch.ones(2, 5)), TypeError, r"key_mask must have dtype torch\.bool .*got torch\.float32"),
     (dict(key_mask=torch.ones(2, 4, dtype=torch.bool)), ValueError, r"key_mask must have shape \(2, 5\); got \(2, 4\)"),
     (dict(key_mask=torch.ones(2, 3, 5, dtype=torch.bool)), ValueError, r"key_mask must have shape \(2, 5\); got \(2, 3, 5\)"),

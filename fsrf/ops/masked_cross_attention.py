@@ -41,10 +41,10 @@ def masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     Args:
         q: ``(B, H, Tq, Dh)`` queries (float16, bfloat16, float32 or float64).
-        k: ``(B, H, Tk, Dh)`` keys, same dtype and device as ``q``; ``Tk >= 1``.
+        k: ``(B, H, Tk, Dh)`` keys, same dtype and device as ``q``; ``Tk >= 1``, ``Dh >= 1``.
         v: ``(B, H, Tk, Dh)`` values, same shape as ``k``.
         key_mask: optional bool ``(B, Tk)``, True where the key is observed; ``None`` = all keys.
-        scale: score scale, default ``Dh ** -0.5``.
+        scale: score scale (any finite float), default ``Dh ** -0.5``.
         backend: ``"auto"`` (fastest available for the device), ``"cpp"``, ``"cuda"`` or ``"torch"``.
 
     Returns:
@@ -65,6 +65,8 @@ def masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          f"got {tuple(k.shape)}")
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}; got {tuple(v.shape)}")
+    if Dh == 0:
+        raise ValueError(f"q, k, v must have a head dimension Dh >= 1; got q shape {tuple(q.shape)}")
     Tk = k.shape[2]
     if Tk == 0:
         raise ValueError(f"k must have at least one key (Tk >= 1); got shape {tuple(k.shape)}. "

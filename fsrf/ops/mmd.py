@@ -160,7 +160,8 @@ def mmd(x: Tensor, y: Tensor, *, num_kernels: int = 5, kernel_mul: float = 2.0,
     ``K(a, b) = Σ_k exp(−‖a − b‖² / h_k)`` with ``h_k = σ² · kernel_mul^(k − num_kernels // 2)``,
     where ``σ²`` is the mean squared distance between distinct points of the pooled sample
     ``[x; y]`` (closed form, O((N+M)·d), computed on centred data; detached; clamped to
-    ``≥ 1e-30`` so identical points give 0, not NaN). The estimate is
+    ``≥ max(1e-30, ε·mean‖u_i‖²)`` so identical points give 0 and zero gradients, not NaN or
+    amplified rounding noise; see :mod:`fsrf.reference.mmd`). The estimate is
     ``mean K_xx + mean K_yy − 2 mean K_xy``; ``unbiased=True`` leaves the diagonals of
     ``K_xx`` and ``K_yy`` out (means over N(N−1) and M(M−1)) and can be negative.
     Neither backend materialises an N×M matrix: the torch one works on row chunks within a

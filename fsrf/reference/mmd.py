@@ -12,9 +12,13 @@ Squared maximum mean discrepancy with a multi-bandwidth Gaussian kernel (FSRF me
 The bandwidths are detached (no gradient flows through σ²), as in the DAN-style implementations.
 ``Σ_{i,j}‖u_i − u_j‖² = 2n Σ‖u_i‖² − 2‖Σu_i‖²`` cancels catastrophically in float32 when the data
 sit far from the origin; centring first gives ``2n Σ‖u_i − ū‖²`` whose terms are all ≥ 0.
-σ² is clamped to ≥ :data:`SIGMA2_FLOOR` so identical points (σ² = 0) give MMD² = 0 and zero
-gradients instead of NaN (0/0); the floor is far below any squared distance fp32 data can resolve
-and keeps 1/h finite for any sensible ``num_kernels``.
+σ² is clamped to ``≥ max(1e-30, ε · mean_i ‖u_i‖²)`` (ε: machine epsilon of the compute dtype,
+1.2e-7 for float32). Identical points (σ² = 0) then give MMD² = 0 and zero gradients instead of
+NaN (0/0). The relative part matters for identical rows that are *not* at the origin: their
+centred values are the rounding residue of the mean, σ² is then pure rounding noise, and 1/σ²
+would amplify that noise into O(1) gradients. It only binds when the spread of the data is below
+about √(ε/2) ≈ 2.4e-4 of its distance from the origin, where fp32 distances are no longer
+resolved anyway; the absolute 1e-30 keeps 1/h finite for data at exactly 0.
 
 Memory: the N×M kernel matrices are never built. The kernel sums run over row chunks (a block of
 rows of one set against all rows of the other), sized so that the chunk's temporaries fit
@@ -37,7 +41,7 @@ from torch import Tensor
 __all__ = ["mmd", "compute_dtype", "pooled_mean_and_sigma2", "inverse_bandwidths", "chunk_rows",
            "SIGMA2_FLOOR", "CHUNK_BUDGET_BYTES"]
 
-#: Lower bound on the data-driven base bandwidth σ² (see the module docstring).
+#: Absolute lower bound on the data-driven base bandwidth σ² (see the module docstring).
 SIGMA2_FLOOR = 1e-30
 
 #: Bytes the row-chunked kernel sums may use for their temporaries (per chunk).
@@ -56,7 +60,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def pooled_mean_and_sigma2(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Mean ū of U = [x; y] and the mean pairwise squared distance σ² (i ≠ j), both detached.
 
-    O((N+M)·d), no pairwise pass: Σ_{i,j}‖u_i − u_j‖² = 2n Σ_i ‖u_i − ū‖².
+    O((N+M)·d), no pairwise pass: Σ_{i,j}‖u_i − u_j‖² = 2n Σ_i ‖u_i − ū‖². σ² is clamped to
+    ``max(SIGMA2_FLOOR, ε · mean_i ‖u_i‖²)`` (ε: machine epsilon of the compute dtype); see the
+    module docstring.
     """
     acc = compute_dtype(x.dtype)
     x, y = x.detach(), y.detach()
@@ -64,7 +70,9 @@ def pooled_mean_and_sigma2(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     mean = (x.sum(0, dtype=acc) + y.sum(0, dtype=acc)) / n
     ss = (x.to(acc) - mean).square().sum() + (y.to(acc) - mean).square().sum()
     sigma2 = 2.0 * ss / (n - 1)
-    return mean, sigma2.clamp_min(SIGMA2_FLOOR)
+    second_moment = mean.square().sum() + ss / n  # mean_i ‖u_i‖², without cancellation
+    floor = (torch.finfo(acc).eps * second_moment).clamp_min(SIGMA2_FLOOR)
+    return mean, torch.maximum(sigma2, floor)
 
 
 def inverse_bandwidths(x: Tensor, y: Tensor, num_kernels: int = 5, kernel_mul: float = 2.0,
@@ -93,72 +101,101 @@ def chunk_rows(rows: int, cols: int, itemsize: int, budget: int | None = None) -
 
 
 def _sq_dists(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
-    """‖a_i − b_j‖² for a row chunk ``a`` against all of ``b``, clamped at 0 (rounding)."""
+    """‖a_i − b_j‖² for a row chunk ``a`` against the rows of ``b``, clamped at 0 (rounding)."""
     d2 = torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.T, alpha=-2.0)
     return d2.clamp_min_(0.0)
 
 
-class _KernelSum(torch.autograd.Function):
-    """S = Σ_{i,j} K(a_i, b_j), computed over row chunks of ``a``; analytic, recomputing backward.
+def _exps(d2: Tensor, inv_h: Tensor, squaring: bool):
+    """Yield ``(exp(−d²·ih_k), ih_k)`` for every bandwidth (the yielded tensor may be reused).
 
-    ``same=True`` means ``b`` is ``a`` (an XX or YY term): the diagonal is left out when
-    ``exclude_diag`` and the gradient is returned for ``a`` only, doubled (d/da of a symmetric sum
-    counts each pair from both ends), so only one side of the pair matrix is ever differentiated.
+    With ``squaring`` the bandwidths double from one to the next (ih_k = 2·ih_{k+1}, the
+    default ``kernel_mul = 2``), so ``exp(−d²·ih_k) = exp(−d²·ih_{k+1})²``: one exp and K − 1
+    squarings instead of K exps, ~3x faster on CPU. Relative error grows ~2^k·ε, negligible.
+    """
+    ihs = inv_h.unbind(0)
+    if squaring:
+        e = torch.mul(d2, -ihs[-1]).exp_()
+        yield e, ihs[-1]
+        for ih in reversed(ihs[:-1]):
+            yield e.square_(), ih
+    else:
+        for ih in ihs:
+            yield torch.mul(d2, -ih).exp_(), ih
+
+
+class _KernelSum(torch.autograd.Function):
+    """S = Σ_{i,j} K(a_i, b_j) over row chunks of ``a``; analytic backward that recomputes chunks.
+
+    ``same=True`` means ``b`` is ``a`` (an XX or YY term). Then only the upper triangle of the
+    pair matrix is visited (chunk rows [s, e) against rows [s, n)): the diagonal block once,
+    the block right of it twice; the diagonal is left out when ``exclude_diag``. The gradient is
+    returned for ``a`` only and covers both ends of each pair.
     """
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, inv_h: Tensor, same: bool, exclude_diag: bool,
-                rows: int) -> Tensor:
+                squaring: bool, rows: int) -> Tensor:
         a_sq, b_sq = a.square().sum(1), b.square().sum(1)
         total = a.new_zeros(())
         for s in range(0, a.shape[0], rows):
             e = min(s + rows, a.shape[0])
-            d2 = _sq_dists(a[s:e], a_sq[s:e], b, b_sq)
+            c0 = s if same else 0  # first column of this chunk's block
+            d2 = _sq_dists(a[s:e], a_sq[s:e], b[c0:], b_sq[c0:])
             if same:  # exact zeros on the diagonal, so that MMD(x, x) = 0 is not spoilt by rounding
-                d2.diagonal(offset=s).zero_()
+                d2.diagonal().zero_()
             k = torch.zeros_like(d2)
-            for ih in inv_h.unbind(0):
-                k += torch.mul(d2, -ih).exp_()
-            if same and exclude_diag:
-                k.diagonal(offset=s).zero_()
-            total = total + k.sum()
+            for ek, _ in _exps(d2, inv_h, squaring):
+                k += ek
+            if same:
+                if exclude_diag:
+                    k.diagonal().zero_()
+                total = total + k[:, : e - s].sum() + 2.0 * k[:, e - s:].sum()
+            else:
+                total = total + k.sum()
         ctx.save_for_backward(a, b, inv_h)
-        ctx.same, ctx.exclude_diag, ctx.rows = same, exclude_diag, rows
+        ctx.same, ctx.squaring, ctx.rows = same, squaring, rows
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, b, inv_h = ctx.saved_tensors
+        same, rows = ctx.same, ctx.rows
         a_sq, b_sq = a.square().sum(1), b.square().sum(1)
         ga = torch.zeros_like(a)
-        gb = None if ctx.same else torch.zeros_like(b)
-        rows = ctx.rows
+        gb = None if same else torch.zeros_like(b)
         for s in range(0, a.shape[0], rows):
             e = min(s + rows, a.shape[0])
-            d2 = _sq_dists(a[s:e], a_sq[s:e], b, b_sq)
-            # dK/d(d²) = −Σ_k exp(−d²/h_k)/h_k; store its negative, G = Σ_k exp(−d²·ih_k)·ih_k
+            c0 = s if same else 0
+            d2 = _sq_dists(a[s:e], a_sq[s:e], b[c0:], b_sq[c0:])
+            # G = −dK/d(d²) = Σ_k ih_k exp(−d²·ih_k) ≥ 0
             g = torch.zeros_like(d2)
-            for ih in inv_h.unbind(0):
-                g.addcmul_(torch.mul(d2, -ih).exp_(), ih)
-            if ctx.same:  # the diagonal pair has a − a = 0: no gradient, whatever the estimator
-                g.diagonal(offset=s).zero_()
-            # d‖a_i − b_j‖²/da_i = 2(a_i − b_j), so dS/da_i = −2 Σ_j G_ij (a_i − b_j)
-            ga[s:e] = -2.0 * (a[s:e] * g.sum(1, keepdim=True) - g @ b)
-            if gb is not None:
+            for ek, ih in _exps(d2, inv_h, squaring=ctx.squaring):
+                g.addcmul_(ek, ih)
+            if same:  # the diagonal pair has a − a = 0: no gradient, whatever the estimator
+                g.diagonal().zero_()
+            # d‖a_i − b_j‖²/da_i = 2(a_i − b_j): dS/da_i = −2 Σ_j G_ij (a_i − b_j) for a cross
+            # sum, twice that for a self sum (a_i is at both ends of its pairs)
+            scale = -4.0 if same else -2.0
+            ga[s:e] += scale * (a[s:e] * g.sum(1, keepdim=True) - g @ b[c0:])
+            if same:
+                # pairs right of the diagonal block appear once: their column end gets its share
+                off = g[:, e - s:]
+                ga[e:] += scale * (a[e:] * off.sum(0)[:, None] - off.T @ a[s:e])
+            else:
                 gb += -2.0 * (b * g.sum(0)[:, None] - g.T @ a[s:e])
-        ga = ga * grad
-        if ctx.same:
-            return 2.0 * ga, None, None, None, None, None
-        return ga, gb * grad, None, None, None, None
+        if same:
+            return ga * grad, None, None, None, None, None, None
+        return ga * grad, gb * grad, None, None, None, None, None
 
 
-def _kernel_sum(a: Tensor, b: Tensor | None, inv_h: Tensor, exclude_diag: bool,
+def _kernel_sum(a: Tensor, b: Tensor | None, inv_h: Tensor, exclude_diag: bool, squaring: bool,
                 chunk_bytes: int | None) -> Tensor:
     same = b is None
     b_ = a if same else b
     rows = chunk_rows(a.shape[0], b_.shape[0], a.element_size(), chunk_bytes)
     # the same tensor in both slots would receive gradient twice; pass it once when same
-    return _KernelSum.apply(a, a.detach() if same else b_, inv_h, same, exclude_diag, rows)
+    return _KernelSum.apply(a, a.detach() if same else b_, inv_h, same, exclude_diag, squaring, rows)
 
 
 def mmd(x: Tensor, y: Tensor, *, num_kernels: int = 5, kernel_mul: float = 2.0,
@@ -172,11 +209,12 @@ def mmd(x: Tensor, y: Tensor, *, num_kernels: int = 5, kernel_mul: float = 2.0,
     acc = compute_dtype(x.dtype)
     N, M = x.shape[0], y.shape[0]
     inv_h, mean = inverse_bandwidths(x, y, num_kernels, kernel_mul, bandwidths)
+    squaring = bandwidths is None and float(kernel_mul) == 2.0
     # centring (with a detached mean) keeps ‖a‖² + ‖b‖² − 2a·b accurate; gradients pass through
     xc, yc = x.to(acc) - mean, y.to(acc) - mean
-    s_xx = _kernel_sum(xc, None, inv_h, unbiased, chunk_bytes)
-    s_yy = _kernel_sum(yc, None, inv_h, unbiased, chunk_bytes)
-    s_xy = _kernel_sum(xc, yc, inv_h, False, chunk_bytes)
+    s_xx = _kernel_sum(xc, None, inv_h, unbiased, squaring, chunk_bytes)
+    s_yy = _kernel_sum(yc, None, inv_h, unbiased, squaring, chunk_bytes)
+    s_xy = _kernel_sum(xc, yc, inv_h, False, squaring, chunk_bytes)
     if unbiased:
         return s_xx / (N * (N - 1)) + s_yy / (M * (M - 1)) - 2.0 * s_xy / (N * M)
     return s_xx / (N * N) + s_yy / (M * M) - 2.0 * s_xy / (N * M)

@@ -21,10 +21,12 @@ about √(ε/2) ≈ 2.4e-4 of its distance from the origin, where fp32 distances
 resolved anyway; the absolute 1e-30 keeps 1/h finite for data at exactly 0.
 
 Memory: the N×M kernel matrices are never built. The kernel sums run over row chunks (a block of
-rows of one set against all rows of the other), sized so that the chunk's temporaries fit
-:data:`CHUNK_BUDGET_BYTES`; the backward recomputes each chunk (an autograd.Function with an
-analytic gradient), so the peak extra memory is O((N + M)·d) plus the chunk budget.
-Distances use ‖a‖² + ‖b‖² − 2a·b on the centred data (one GEMM per chunk), clamped at 0.
+rows of one set against all rows of the other; for K_xx and K_yy only the upper triangle), sized
+so that the chunk's temporaries fit :data:`CHUNK_BUDGET_BYTES`; the backward recomputes each
+chunk (an autograd.Function with an analytic gradient), so the peak extra memory is
+O((N + M)·d) plus the chunk budget. Distances use ‖a‖² + ‖b‖² − 2a·b on the centred data (one
+GEMM per chunk), clamped at 0 and exactly 0 on the diagonal. With the default ratio-2 bandwidths
+the K exponentials come from one exp by repeated squaring (see ``_exps``).
 
 Computed in float32 for float16 / bfloat16 / float32 inputs, float64 for float64 inputs; the
 result is a 0-dim tensor of that dtype. First-order gradients only (no double backward).

@@ -124,11 +124,16 @@ def leaves(*xs):
 
 
 def check(name, got, want, rtol, scale=None):
+    """max |got - want| <= rtol * (scale or max |want|) + rtol / 100.
+
+    The absolute floor covers degenerate cases whose exact value is ~0 (N = 2 rows, C = 1
+    classes) while the kernels' rounding is relative to intermediate terms of size ~1.
+    """
     got, want = got.detach().double(), want.detach().double()
     assert not torch.isnan(got).any(), f"{name}: NaN"
     scale = want.abs().max().item() if scale is None else float(scale)
     err = (got - want).abs().max().item()
-    assert err <= rtol * scale + 1e-12, f"{name}: max error {err:.3e} > {rtol:.1e} x {scale:.3e}"
+    assert err <= rtol * scale + rtol / 100, f"{name}: max error {err:.3e} > {rtol:.1e} x {scale:.3e}"
 
 
 def compare(fn_fsrf, fn_ref, low, high, rtol, grad_out=1.7, scale=None):

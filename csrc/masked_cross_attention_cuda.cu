@@ -197,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_fwd_cuda(const at::Ten
     const FwdArgs<scalar_t, acc_t> a{q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                                      mask, out.data_ptr<scalar_t>(), lse.data_ptr<float>(),
                                      int(B), int(H), int(Tq), int(Tk), int(Dh), acc_t(scale)};
-    dispatch_head_dim<acc_t>(int(Dh), [&](auto dc) {
+    dispatch_head_dim(int(Dh), [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
         if (use_tensor_cores<scalar_t, D>(device, limit, wmma_fwd_smem<D>())) {
@@ -257,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_bwd_cuda(
                                      dvec.data_ptr<acc_t>(), dq_acc.data_ptr<acc_t>(), dk.data_ptr<scalar_t>(),
                                      dv.data_ptr<scalar_t>(), int(B), int(H), int(Tq), int(Tk), int(Dh),
                                      acc_t(scale)};
-    dispatch_head_dim<acc_t>(int(Dh), [&](auto dc) {
+    dispatch_head_dim(int(Dh), [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       bool tensor_cores = false;
       if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {

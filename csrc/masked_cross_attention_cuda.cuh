@@ -2,9 +2,10 @@
 //
 // Included by masked_cross_attention_cuda.cu (nvcc) and, for the CPU test of the kernel logic,
 // by tests/cuda_emu/mca_emu.cpp (g++ with tests/cuda_emu/cuda_emu.h supplying threadIdx,
-// __syncthreads, shuffles and atomics through host threads). It therefore includes no torch or
-// CUDA header itself and touches CUDA only through the built-ins both sides provide; the launch
-// order of the kernels (forward(), backward() at the bottom) is shared with that test too.
+// __syncthreads, shuffles and atomics, each CUDA thread a user-level context). It therefore
+// includes no torch or CUDA header itself and touches CUDA only through the built-ins both sides
+// provide; the launch order of the kernels (forward(), backward() at the bottom) is shared with
+// that test too.
 //
 // Algorithm: FlashAttention-2 with a per-sample key mask.
 //   forward   one block per (sample, head, query tile); loops over key tiles with an online
@@ -30,7 +31,8 @@
 //   nt: C[m][n] += sum_k A[m][k] B[n][k]   (S = Q K^T, dP = dO V^T)
 //   nn: C[m][n] += sum_k A[m][k] B[k][n]   (O += P V, dQ += dS K)
 //   tn: C[m][n] += sum_k A[k][m] B[k][n]   (dV += P^T dO, dK += dS^T Q)
-// These are CUDA-core (FMA) products; no tensor cores. See the .cu for the tile-size choice.
+// These are CUDA-core (FMA) products; the tensor-core variant for float16/bfloat16 is in
+// masked_cross_attention_wmma_cuda.cuh. See the .cu for the tile-size choice.
 
 #pragma once
 
@@ -587,7 +589,7 @@ inline int padded_head_dim(int Dh) {
 }
 constexpr int kMaxHeadDim = 128;
 
-template <typename acc_t, class F>
+template <class F>
 void dispatch_head_dim(int Dh, F&& f) {
   switch (padded_head_dim(Dh)) {
     case 32: f(std::integral_constant<int, 32>{}); break;

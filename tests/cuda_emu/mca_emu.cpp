@@ -76,7 +76,7 @@ static void run(const std::string& dir, const Meta& m) {
   if (wmma && !std::is_same_v<acc_t, float>) cuda_emu::fail("the tensor-core kernels take float16/bfloat16");
   // Same rule as the .cu: 16-byte accesses when Dh % 8 == 0 (vectors are 16-byte aligned here).
   const bool vec = m.Dh % 8 == 0;
-  dispatch_head_dim<acc_t>(m.Dh, [&](auto dc) {
+  dispatch_head_dim(m.Dh, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     FwdArgs<T, acc_t> fa{q.data(), k.data(), v.data(), mask.get(), out.data(), lse.data(),
                          m.B, m.H, m.Tq, m.Tk, m.Dh, acc_t(m.scale)};

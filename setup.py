@@ -90,7 +90,8 @@ def _extension_modules():
 
     # -fopenmp at compile time only: at::parallel_for expands to `#pragma omp parallel` inside our
     # translation unit, and the GOMP symbols then resolve to the OpenMP runtime torch already loads.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-DFSRF_TORCH_VERSION=\"" + torch.__version__ + "\""]
+    # No -std flag: cpp_extension picks the standard this torch's headers need (C++20 from 2.14 on).
+    cxx_flags = ["-O3", "-fopenmp", "-DFSRF_TORCH_VERSION=\"" + torch.__version__ + "\""]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if want_cuda:
         cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or ""

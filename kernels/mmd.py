@@ -173,8 +173,10 @@ def _mmd_bwd_kernel(U, SQ, INVH, GOUT, DX, DY, N, n, d, su, sdx, sdy,
              mask=((rows_i >= N) & (rows_i < n))[:, None] & cmask[None, :])
 
 
-# GPU tile configurations, tried once per (d, dtype) by triton.autotune. All keep the fp32 tiles
-# of a 64-row block within the register file (checked with ptxas for sm_90: no or small spills).
+# GPU tile configurations, tried once per (d, dtypes) by triton.autotune. Register use checked
+# offline with ptxas for sm_90 (fp32 inputs, tf32x3 dots): the forward configs do not spill, the
+# backward ones hold a BLOCK×BLOCK_DO accumulator besides the distance tiles and spill 0–728
+# bytes; not yet timed on a GPU, hence several candidates.
 _FWD_CONFIGS = [
     triton.Config({"BLOCK": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK": 64, "BLOCK_D": 64}, num_warps=8, num_stages=2),

@@ -32,6 +32,12 @@
 #define FSRF_MCA_X86 1
 #endif
 
+// The tile kernels pass 32-byte vectors between always-inlined internal helpers; GCC's note that
+// this ABI differs without AVX concerns external calls only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 // Baseline-ISA copy of the tile kernels.
 #define FSRF_MCA_NS fsrf_mca_base
 #define FSRF_MCA_MR 3
@@ -43,9 +49,8 @@
 #undef FSRF_MCA_FMA_F
 #undef FSRF_MCA_FMA_D
 
-// AVX2+FMA copy, used when the CPU has them (checked at run time). GCC only: Clang's
-// equivalent pragma does not reach the template instantiations reliably, so Clang builds use the
-// baseline copy (still vectorised to SSE).
+// AVX2+FMA copy, used when the CPU has them (checked at run time). Built with GCC's target
+// pragma only; other compilers build just the baseline copy (vectorised for the baseline ISA).
 #if defined(FSRF_MCA_X86) && defined(__GNUC__) && !defined(__clang__)
 #define FSRF_MCA_HAVE_AVX2 1
 #pragma GCC push_options
@@ -66,9 +71,16 @@ namespace fsrf {
 namespace {
 
 // Tile sizes: a Bq x Bk float score tile (64 x 256 x 4 B = 64 KiB) plus the operand panels
-// stay in a core's L2. Chosen by measurement on the benchmark shapes (see the benchmark file).
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 256;
+// stay in a core's L2. On the benchmark shapes, Bq in 32..128 and Bk in 256..512 measured within
+// noise of each other; override with -DFSRF_MCA_BLOCK_Q/-DFSRF_MCA_BLOCK_K (Bk a multiple of 16).
+#ifndef FSRF_MCA_BLOCK_Q
+#define FSRF_MCA_BLOCK_Q 64
+#endif
+#ifndef FSRF_MCA_BLOCK_K
+#define FSRF_MCA_BLOCK_K 256
+#endif
+constexpr int64_t kBlockQ = FSRF_MCA_BLOCK_Q;
+constexpr int64_t kBlockK = FSRF_MCA_BLOCK_K;
 // Smallest amount of work (multiply-adds) worth handing to another thread: waking an OpenMP
 // team costs microseconds, far more than a tiny attention problem.
 constexpr int64_t kMinWorkPerChunk = int64_t(1) << 16;

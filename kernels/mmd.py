@@ -3,9 +3,8 @@
 The launcher builds the pooled set ``U = [x; y]`` (``n = N + M`` rows), centred by its mean
 ``ū`` and in the accumulation dtype, plus its squared row norms: one O(n·d) pass whose copy is the
 only input the kernels read. (Reading x and y in place would need two masked pointer tiles per
-operand, which ran the tile kernels out of registers.) With
-pair weights ``w_ij`` = ``w_xx`` (both rows in x), ``w_yy`` (both in y), ``w_xy`` (mixed),
-computed in the kernel from N and M,
+operand, which ran the tile kernels out of registers.) With pair weights ``w_ij`` = ``w_xx``
+(both rows in x), ``w_yy`` (both in y), ``w_xy`` (mixed), computed in the kernel from N and M,
 
     MMD² = Σ_{i,j} w_ij K(u_i, u_j),   K(a, b) = Σ_k exp(−‖a − b‖² · ih_k),  ih_k = 1/h_k
 
@@ -27,8 +26,9 @@ computed in the kernel from N and M,
   below the inputs' own rounding), ``ieee`` for float64.
 * With the default geometric bandwidths and ``kernel_mul = 2`` (``SQUARING``), the
   ``num_kernels`` exponentials come from one ``exp`` at the widest bandwidth by repeated
-  squaring, ``exp(−s/h)² = exp(−s/(h/2))`` (relative error grows ~2^k·ε, negligible for k ≤ 6);
-  exp throughput, not FLOPs, bounds this kernel on a GPU.
+  squaring, ``exp(−s/h)² = exp(−s/(h/2))`` (relative error grows ~2^k·ε, negligible for k ≤ 6).
+  The special-function rate (~3.9 T exp/s on an H100) is, with the distance GEMM, what bounds
+  this kernel on a GPU, so K exps per pair would matter.
 
 Accumulation is in float32 (float64 for float64 inputs) whatever the input dtype, the upcast
 happening when the centred copy is made; gradients are stored in the input dtype.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from functools import lru_cache
 from typing import Iterator
 
 import torch
@@ -81,9 +80,13 @@ def check_finite_enabled() -> bool:
     return _check_finite
 
 
-@lru_cache(maxsize=None)
+# Looked up once at import: a cached function call inside ops traced by torch.compile makes
+# dynamo warn, a plain module constant does not.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _HAS_TRITON
 
 
 def _triton_interpreter() -> bool:

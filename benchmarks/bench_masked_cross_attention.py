@@ -41,9 +41,10 @@ def _peak_mib(peak_memory, fn):
 
 @pytest.fixture(autouse=True)
 def _no_finite_check():
+    prev = fsrf.backend.check_finite_enabled()
     fsrf.set_check_finite(False)
     yield
-    fsrf.set_check_finite(True)
+    fsrf.set_check_finite(prev)
 
 
 def make_inputs(shape, mask_kind, seed=0):

@@ -1,8 +1,8 @@
 """Benchmarks run only under ``pytest --benchmark-only``; a plain ``pytest`` deselects them.
 
-Shared helpers: :func:`peak_memory` measures the peak extra memory of a call (CUDA allocator
-stats on GPU, tracemalloc-free RSS sampling is too coarse on CPU, so CPU uses torch's profiler
-memory accounting), and :func:`machine` names the machine for BENCHMARKS.md.
+Shared helpers: :func:`measure_peak_memory` (fixture ``peak_memory``) measures the peak extra
+memory of a call (CUDA allocator statistics on GPU, the process's resident high-water mark on
+CPU), and the ``machine`` fixture names the machine for BENCHMARKS.md.
 """
 
 import os
@@ -56,6 +56,14 @@ def measure_peak_memory(fn, device: str = "cpu") -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        # glibc keeps freed blocks resident; without trimming, a warmed-up call would reuse them
+        # and never raise the high-water mark.
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")

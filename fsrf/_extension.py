@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -36,8 +35,19 @@ def _base_version(v: str) -> str:
     return v.split("+", 1)[0]
 
 
-@lru_cache(maxsize=None)
+_STATE: tuple[Any, str | None] | None = None
+
+
 def _load() -> tuple[Any, str | None]:
+    # Memoised in a module global rather than lru_cache: torch.compile traces through ops that
+    # ask which backends exist, and dynamo reads a global but would re-trace a cached function.
+    global _STATE
+    if _STATE is None:
+        _STATE = _load_uncached()
+    return _STATE
+
+
+def _load_uncached() -> tuple[Any, str | None]:
     if os.environ.get("FSRF_NO_EXTENSION", "").strip().lower() in {"1", "true", "yes", "on"}:
         return None, "disabled by FSRF_NO_EXTENSION=1"
     cfg = _read_build_config()

@@ -24,7 +24,7 @@ import torch
 
 from fsrf import _extension
 from fsrf import backend as _backend
-from fsrf._checks import check_bool_mask, check_finite, check_same, check_tensor, is_tracing
+from fsrf._checks import check_bool_mask, check_finite, check_same, check_tensor
 from fsrf.reference.masked_cross_attention import masked_cross_attention as _reference
 
 __all__ = ["masked_cross_attention"]
@@ -84,21 +84,11 @@ def masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_finite(k, "k")
     check_finite(v, "v")
 
-    chosen = _resolve_traced(backend, q.device.type) if is_tracing() else _backend.resolve(
-        _OP, backend, q.device, _IMPLEMENTED)
+    chosen = _backend.resolve(_OP, backend, q.device, _IMPLEMENTED)
     if chosen == "torch":
         return _reference(q, k, v, key_mask, scale)
     out, _ = torch.ops.fsrf.masked_cross_attention_fwd(q, k, v, key_mask, scale)
     return out
-
-
-@torch.compiler.assume_constant_result
-def _resolve_traced(backend: str, device_type: str) -> str:
-    # Under torch.compile the backend is fixed at trace time. Dynamo cannot trace
-    # fsrf._extension's lru_cache'd loader (it reads a file), so the choice is evaluated eagerly
-    # and baked into the graph as a constant; changing fsrf.set_backend() afterwards does not
-    # re-route an already compiled function.
-    return _backend.resolve(_OP, backend, device_type, _IMPLEMENTED)
 
 
 # ------------------------------------------------------------------------------------------------

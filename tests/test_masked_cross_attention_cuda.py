@@ -607,3 +607,16 @@ def test_gpu_kernel_rejects_bad_inputs_clearly():
         cuda_op(q, k.double(), v, mask, 0.1)
     with pytest.raises(RuntimeError, match="lse must be float32"):
         torch.ops.fsrf.masked_cross_attention_bwd(q, q, k, v, mask, q, q[..., 0].double(), 0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_kernels
+def test_auto_falls_back_for_head_dims_beyond_the_cuda_kernels():
+    q, k, v = (torch.randn(2, 2, 9, 160, device="cuda") for _ in range(3))
+    mask = torch.rand(2, 9, device="cuda") > 0.3
+    out = fsrf.ops.masked_cross_attention(q, k, v, mask)  # auto -> torch reference for Dh = 160
+    ref, _ = ref_attention(q, k, v, mask, 160 ** -0.5)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="head dims up to 128"):
+        fsrf.ops.masked_cross_attention(q, k, v, mask, backend="cuda")

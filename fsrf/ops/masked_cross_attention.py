@@ -32,6 +32,7 @@ __all__ = ["masked_cross_attention"]
 _OP = "masked_cross_attention"
 # Must agree with fsrf.ops.IMPLEMENTED (not imported from there: that package imports this module).
 _IMPLEMENTED = ("torch", "cpp", "cuda")
+_CUDA_MAX_HEAD_DIM = 128
 
 
 def masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -85,6 +86,11 @@ def masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_finite(v, "v")
 
     chosen = _backend.resolve(_OP, backend, q.device, _IMPLEMENTED)
+    if chosen == "cuda" and Dh > _CUDA_MAX_HEAD_DIM:
+        if backend == "cuda":
+            raise ValueError(f"backend 'cuda' supports head dims up to {_CUDA_MAX_HEAD_DIM}; got Dh = {Dh} "
+                             f"(use backend='torch' or 'auto')")
+        chosen = "torch"  # auto: the CUDA kernels keep one head row in registers up to 128
     if chosen == "torch":
         return _reference(q, k, v, key_mask, scale)
     out, _ = torch.ops.fsrf.masked_cross_attention_fwd(q, k, v, key_mask, scale)

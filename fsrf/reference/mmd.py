@@ -22,9 +22,9 @@ resolved anyway; the absolute 1e-30 keeps 1/h finite for data at exactly 0.
 
 Memory: the N×M kernel matrices are never built. The kernel sums run over row chunks (a block of
 rows of one set against all rows of the other; for K_xx and K_yy only the upper triangle), sized
-so that the chunk's temporaries fit :data:`CHUNK_BUDGET_BYTES`; the backward recomputes each
-chunk (an autograd.Function with an analytic gradient), so the peak extra memory is
-O((N + M)·d) plus the chunk budget. Distances use ‖a‖² + ‖b‖² − 2a·b on the centred data (one
+so that the chunk's buffers (allocated once per kernel sum and reused by every chunk) fit
+:data:`CHUNK_BUDGET_BYTES`; the backward recomputes each chunk (an autograd.Function with an
+analytic gradient), so the peak extra memory is O((N + M)·d) plus the chunk budget. Distances use ‖a‖² + ‖b‖² − 2a·b on the centred data (one
 GEMM per chunk), clamped at 0 and exactly 0 on the diagonal. With the default ratio-2 bandwidths
 the K exponentials come from one exp by repeated squaring (see ``_exps``).
 
@@ -49,9 +49,12 @@ SIGMA2_FLOOR = 1e-30
 #: Bytes the row-chunked kernel sums may use for their temporaries (per chunk).
 CHUNK_BUDGET_BYTES = 64 * 2**20
 
-# Chunk-sized temporaries alive at once in the forward / backward of one chunk: squared distances,
-# the running kernel sum (or derivative), one exp, plus one for the allocator's slack.
-_TEMPS_PER_ENTRY = 4
+# Chunk-sized buffers of one kernel sum: squared distances, the running kernel sum (or its
+# derivative) and one exp.
+_BUFFERS = 3
+# What a chunk is budgeted for: those buffers plus one of headroom (the per-chunk products are
+# O(chunk·d), and the allocator has slack).
+_TEMPS_PER_ENTRY = _BUFFERS + 1
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -102,14 +105,14 @@ def chunk_rows(rows: int, cols: int, itemsize: int, budget: int | None = None) -
     return int(max(1, min(rows, budget // per_row)))
 
 
-def _sq_dists(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
-    """‖a_i − b_j‖² for a row chunk ``a`` against the rows of ``b``, clamped at 0 (rounding)."""
-    d2 = torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.T, alpha=-2.0)
-    return d2.clamp_min_(0.0)
+def _sq_dists(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor, out: Tensor) -> Tensor:
+    """‖a_i − b_j‖² of a row chunk ``a`` against the rows of ``b`` into ``out``, clamped at 0."""
+    torch.mm(a, b.T, out=out)
+    return out.mul_(-2.0).add_(a_sq[:, None]).add_(b_sq[None, :]).clamp_min_(0.0)
 
 
-def _exps(d2: Tensor, inv_h: Tensor, squaring: bool):
-    """Yield ``(exp(−d²·ih_k), ih_k)`` for every bandwidth (the yielded tensor may be reused).
+def _exps(d2: Tensor, inv_h: Tensor, squaring: bool, out: Tensor):
+    """Yield ``(exp(−d²·ih_k), ih_k)`` for every bandwidth, each written into ``out``.
 
     With ``squaring`` the bandwidths double from one to the next (ih_k = 2·ih_{k+1}, the
     default ``kernel_mul = 2``), so ``exp(−d²·ih_k) = exp(−d²·ih_{k+1})²``: one exp and K − 1
@@ -117,13 +120,25 @@ def _exps(d2: Tensor, inv_h: Tensor, squaring: bool):
     """
     ihs = inv_h.unbind(0)
     if squaring:
-        e = torch.mul(d2, -ihs[-1]).exp_()
+        e = torch.mul(d2, -ihs[-1], out=out).exp_()
         yield e, ihs[-1]
         for ih in reversed(ihs[:-1]):
             yield e.square_(), ih
     else:
         for ih in ihs:
-            yield torch.mul(d2, -ih).exp_(), ih
+            yield torch.mul(d2, -ih, out=out).exp_(), ih
+
+
+class _Workspace:
+    """The flat buffers that every chunk of one kernel sum reuses (as contiguous views of its
+    shape), so the chunk temporaries are allocated once: a fixed peak, no allocator
+    fragmentation from the shrinking triangle chunks, no page faults per chunk."""
+
+    def __init__(self, like: Tensor, rows: int, cols: int):
+        self.bufs = [like.new_empty(rows * cols) for _ in range(_BUFFERS)]
+
+    def get(self, i: int, rows: int, cols: int) -> Tensor:
+        return self.bufs[i][: rows * cols].view(rows, cols)
 
 
 class _KernelSum(torch.autograd.Function):
@@ -139,15 +154,17 @@ class _KernelSum(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, inv_h: Tensor, same: bool, exclude_diag: bool,
                 squaring: bool, rows: int) -> Tensor:
         a_sq, b_sq = a.square().sum(1), b.square().sum(1)
+        ws = _Workspace(a, rows, b.shape[0])
         total = a.new_zeros(())
         for s in range(0, a.shape[0], rows):
             e = min(s + rows, a.shape[0])
             c0 = s if same else 0  # first column of this chunk's block
-            d2 = _sq_dists(a[s:e], a_sq[s:e], b[c0:], b_sq[c0:])
+            shape = (e - s, b.shape[0] - c0)
+            d2 = _sq_dists(a[s:e], a_sq[s:e], b[c0:], b_sq[c0:], ws.get(0, *shape))
             if same:  # exact zeros on the diagonal, so that MMD(x, x) = 0 is not spoilt by rounding
                 d2.diagonal().zero_()
-            k = torch.zeros_like(d2)
-            for ek, _ in _exps(d2, inv_h, squaring):
+            k = ws.get(1, *shape).zero_()
+            for ek, _ in _exps(d2, inv_h, squaring, ws.get(2, *shape)):
                 k += ek
             if same:
                 if exclude_diag:
@@ -164,15 +181,17 @@ class _KernelSum(torch.autograd.Function):
         a, b, inv_h = ctx.saved_tensors
         same, rows = ctx.same, ctx.rows
         a_sq, b_sq = a.square().sum(1), b.square().sum(1)
+        ws = _Workspace(a, rows, b.shape[0])
         ga = torch.zeros_like(a)
         gb = None if same else torch.zeros_like(b)
         for s in range(0, a.shape[0], rows):
             e = min(s + rows, a.shape[0])
             c0 = s if same else 0
-            d2 = _sq_dists(a[s:e], a_sq[s:e], b[c0:], b_sq[c0:])
+            shape = (e - s, b.shape[0] - c0)
+            d2 = _sq_dists(a[s:e], a_sq[s:e], b[c0:], b_sq[c0:], ws.get(0, *shape))
             # G = −dK/d(d²) = Σ_k ih_k exp(−d²·ih_k) ≥ 0
-            g = torch.zeros_like(d2)
-            for ek, ih in _exps(d2, inv_h, squaring=ctx.squaring):
+            g = ws.get(1, *shape).zero_()
+            for ek, ih in _exps(d2, inv_h, ctx.squaring, ws.get(2, *shape)):
                 g.addcmul_(ek, ih)
             if same:  # the diagonal pair has a − a = 0: no gradient, whatever the estimator
                 g.diagonal().zero_()

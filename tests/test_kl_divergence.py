@@ -3,7 +3,6 @@ formula, gradients included (all symmetric / detach_target combinations), specia
 multi-chunk kernel path, low precision, torch.compile, opcheck, input validation, and a compile
 check of the Triton kernels for sm_90 (no GPU needed)."""
 
-import math
 import os
 import subprocess
 import sys

@@ -34,7 +34,6 @@ result is a 0-dim tensor of that dtype. First-order gradients only (no double ba
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

@@ -96,10 +96,11 @@ def _extension_modules():
     if want_cuda:
         cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or ""
         if not os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
-            # Minimal toolkits lack cuBLAS/cuSPARSE headers; the CUDA torch wheel ships them.
-            purelib = sysconfig.get_paths()["purelib"]
-            include_dirs += sorted(glob.glob(os.path.join(purelib, "nvidia", "cu*", "include")))
-            include_dirs += sorted(glob.glob(os.path.join(purelib, "nvidia", "*", "include")))
+            # Minimal toolkits lack cuBLAS/cuSPARSE headers; the CUDA torch wheel's nvidia-* deps
+            # ship them next to torch (in an isolated build that is not the venv's purelib).
+            for site in {os.path.dirname(os.path.dirname(torch.__file__)), sysconfig.get_paths()["purelib"]}:
+                include_dirs += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+                include_dirs += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
         ext = CUDAExtension(
             "fsrf._C",
             cpp_sources + cu_sources,

@@ -29,7 +29,9 @@ def render(data: dict) -> str:
         info = b.get("extra_info", {})
         if "impl" not in info:
             continue
-        key = (info.get("op", b["group"]), str(info.get("shape", "")), info.get("mode", ""))
+        variant = info.get("mask", info.get("masked", ""))
+        shape = str(info.get("shape", "")) + (f" [mask: {variant}]" if variant not in ("", None) else "")
+        key = (info.get("op", b["group"]), shape, info.get("mode", ""))
         groups[key].append((info["impl"], b["stats"]["median"], info.get("peak_mib"), b["stats"]["rounds"]))
     mi = data.get("machine_info", {})
     cpu = mi.get("cpu", {}).get("brand_raw", "")

@@ -12,6 +12,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Subprocesses started by tests (`python -c`, `python -m`, torchrun) must import the installed
+# fsrf, not the source folder of the checkout they run in (which has no compiled extension after
+# a non-editable install): Python >= 3.11 then leaves the working directory off sys.path.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 
 
 @pytest.fixture(autouse=True)

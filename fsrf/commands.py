@@ -69,11 +69,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     seeds = args.seeds or [1111]
     out = Path(args.out)
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # rank 0 logs under torchrun
     for seed in seeds:
         target = out if len(seeds) == 1 else out / f"seed_{seed}"
-        print(f"training FSRF on {args.data} ({kind}), seed {seed} -> {target}")
+        say(f"training FSRF on {args.data} ({kind}), seed {seed} -> {target}")
         res = fit(data, target, config=cfg, settings=settings, seed=seed, dataset=kind, resume=args.resume)
-        print(f"seed {seed}: best epoch {res['best_epoch'] + 1}, selection MAE {res['best_score']:.4f} "
+        say(f"seed {seed}: best epoch {res['best_epoch'] + 1}, selection MAE {res['best_score']:.4f} "
               f"({settings.selection}); model at {res['checkpoint']}")
     return 0
 

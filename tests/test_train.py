@@ -172,7 +172,7 @@ def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["train", "--data", "/nonexistent/x.pkl", "--out", "o"], "does not exist"),
+    (["train", "--data", "/nonexistent/x.pkl", "--out", "o"], "not found"),
     (["evaluate", "--checkpoint", "/nonexistent", "--data", "x"], "does not exist"),
     (["train", "--data", "{data}", "--out", "{tmp}/o", "--ablate", "dhf,magic"], "--ablate"),
     (["evaluate", "--checkpoint", "{tmp}", "--data", "{data}", "--rates", "0:1.5:0.5"], "[0, 1]"),
@@ -218,7 +218,7 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"d_model": 16, "num_heads": 2}))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "fsrf",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fsrf",
            "train", "--data", str(tiny_data), "--dataset", "mosei", "--config", str(cfg), "--epochs", "1",
            "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -227,3 +227,4 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     meta = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert meta["world_size"] == 2
     assert proc.stdout.count("epoch 1/1") == 1  # rank-0 logging only
+    assert proc.stdout.count("training FSRF on") == 1

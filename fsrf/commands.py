@@ -181,7 +181,7 @@ def add_evaluate(sub) -> None:
 
 # -- demo -----------------------------------------------------------------------------------------
 DEMO_FULL = {"n": (1500, 300, 300), "epochs": 25, "d_model": 64, "patience": 6}
-DEMO_QUICK = {"n": (500, 150, 200), "epochs": 12, "d_model": 32, "patience": 4}
+DEMO_QUICK = {"n": (500, 150, 200), "epochs": 16, "d_model": 64, "patience": 6}
 
 
 def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 1111, device: str = "cpu",

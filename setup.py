@@ -5,7 +5,8 @@ Environment switches (all optional):
 ``FSRF_NO_EXTENSION=1``   skip compilation; every op then runs on its PyTorch reference.
 ``FSRF_FORCE_CUDA=1``     compile the CUDA sources even when torch or the toolkit looks CPU-only.
 ``FSRF_NO_CUDA=1``        never compile CUDA sources.
-``TORCH_CUDA_ARCH_LIST``  honoured by ``torch.utils.cpp_extension`` (e.g. ``"8.0;9.0"``).
+``TORCH_CUDA_ARCH_LIST``  honoured by ``torch.utils.cpp_extension`` (e.g. ``"8.0;9.0"``); when unset
+                          and no GPU is visible, ``"8.0;9.0+PTX"``.
 ``MAX_JOBS``              parallel compile jobs (ninja).
 """
 
@@ -78,6 +79,11 @@ def _extension_modules():
         home = _cuda_home_from_nvcc()
         if home:
             os.environ["CUDA_HOME"] = home
+    if want_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # Without a visible GPU torch cannot detect the target and fails with an IndexError;
+        # build for Ampere and Hopper, plus PTX that newer GPUs can JIT-compile.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        print("fsrf: no GPU visible and TORCH_CUDA_ARCH_LIST unset; building for 8.0;9.0+PTX")
     # cpp_extension reads CUDA_HOME at import time, so it is imported only now.
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 

@@ -7,7 +7,6 @@ Importing this module (``fsrf.cli`` does) registers them, and the data subcomman
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf import ops
 from fsrf._checks import is_tracing
+from fsrf.backend import check_finite_enabled
 from fsrf.config import FSRFConfig
 from fsrf.nn import MaskedCrossModalAttention
 
@@ -194,7 +194,8 @@ class FSRFLayer(nn.Module):
                                      f"got {tuple(mk.shape)}")
                 if mk.device != device:
                     raise ValueError(f"masks[{name!r}] is on {mk.device} but inputs are on {device}")
-            if not is_tracing() and not bool(torch.isfinite(x).all()):
+            # same switch as the ops' input check (fsrf.set_check_finite / FSRF_CHECK_FINITE)
+            if check_finite_enabled() and not is_tracing() and not bool(torch.isfinite(x).all()):
                 raise ValueError(f"inputs[{name!r}] contains NaN or Inf; clean the features first "
                                  f"(MMSA audio uses -inf padding: set it to 0)")
         if batch == 0:

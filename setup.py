@@ -21,10 +21,11 @@ import subprocess
 import sys
 import sysconfig
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["fsrf", "fsrf.ops", "fsrf.reference", "fsrf.nn", "fsrf.data", "fsrf.kernels"]
+# every sub-package of fsrf/, plus the Triton kernels of the top-level kernels/ folder
+PACKAGES = ["fsrf"] + [f"fsrf.{p}" for p in find_packages("fsrf")] + ["fsrf.kernels"]
 # The Triton kernels live in the top-level ``kernels/`` folder of the repository but are
 # installed as ``fsrf.kernels`` so nothing named ``kernels`` lands in site-packages.
 PACKAGE_DIR = {"fsrf": "fsrf", "fsrf.kernels": "kernels"}

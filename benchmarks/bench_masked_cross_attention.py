@@ -7,47 +7,29 @@ of 50-100 % of its keys and one sample misses the key modality entirely (the FSR
 
 The public op's NaN/Inf input check (a host sync per input, see ``fsrf.set_check_finite``) is
 switched off here so that the rows compare the attention computations; SDPA has no such check.
+Peers and shapes: ``_peers.py``.
 
 Run: ``pytest benchmarks/bench_masked_cross_attention.py --benchmark-only``.
 """
 
-import ctypes
-import ctypes.util
-
 import pytest
 import torch
-import torch.nn.functional as F
 
-import fsrf
-from fsrf import _extension
-from fsrf.ops import masked_cross_attention
+from _peers import (ATTENTION_IMPLS, ATTENTION_MEMORY_SHAPES, ATTENTION_SHAPES, MODES, make_step, no_finite_check,
+                    peer, unavailable)
 
-SHAPES = {"msa": (32, 8, 50, 50, 32), "long": (4, 8, 1024, 1024, 64)}
 ROUNDS = {"msa": 30, "long": 3}
-IMPLS = ["fsrf-cpp", "fsrf-torch", "sdpa"]
 OP = "masked_cross_attention"
-
-_libc_name = ctypes.util.find_library("c")
-_libc = ctypes.CDLL(_libc_name) if _libc_name else None
-
-
-def _peak_mib(peak_memory, fn):
-    # glibc keeps freed blocks resident, which hides a call's allocations from the RSS
-    # high-water mark the peak_memory fixture reads on CPU; hand them back first.
-    if _libc is not None and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
-    return round(peak_memory(fn, "cpu"), 2)
 
 
 @pytest.fixture(autouse=True)
 def _no_finite_check():
-    prev = fsrf.backend.check_finite_enabled()
-    fsrf.set_check_finite(False)
-    yield
-    fsrf.set_check_finite(prev)
+    with no_finite_check():
+        yield
 
 
 def make_inputs(shape, mask_kind, seed=0):
+    """CPU inputs (q, k, v requiring grad), the key mask (None for "none") and an upstream gradient."""
     B, H, Tq, Tk, Dh = shape
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, Dh, generator=gen).requires_grad_() for T in (Tq, Tk, Tk))
@@ -62,36 +44,23 @@ def make_inputs(shape, mask_kind, seed=0):
     return q, k, v, mask, grad
 
 
-def make_call(impl, q, k, v, mask):
-    if impl == "fsrf-cpp":
-        return lambda: masked_cross_attention(q, k, v, mask, backend="cpp")
-    if impl == "fsrf-torch":
-        return lambda: masked_cross_attention(q, k, v, mask, backend="torch")
-    attn_mask = None if mask is None else mask[:, None, None, :]
-    return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-
-
 def make_run(impl, mode, shape, mask_kind):
+    """The timed call of ``impl`` in ``mode`` on fresh inputs of ``shape``."""
     q, k, v, mask, grad = make_inputs(shape, mask_kind)
-    call = make_call(impl, q, k, v, mask)
-    if mode == "fwd":
-        def run():
-            with torch.no_grad():
-                return call()
-    else:
-        def run():
-            return torch.autograd.grad(call(), (q, k, v), grad)
-    return run
+    fn = peer(OP, impl)
+    return make_step(lambda: fn(q, k, v, mask), mode, (q, k, v), grad, device="cpu")
+
+
+def _peak_mib(peak_memory, fn):
+    return round(peak_memory(fn, "cpu"), 2)
 
 
 @pytest.mark.parametrize("mask_kind", ["padded", "none"])
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("label", list(SHAPES))
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("label", list(ATTENTION_SHAPES))
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
 def test_masked_cross_attention(benchmark, peak_memory, machine, impl, label, mode, mask_kind):
-    if impl == "fsrf-cpp" and not _extension.has_cpp():
-        pytest.skip(f"fsrf._C not loaded: {_extension.extension_error()}")
-    shape = SHAPES[label]
+    shape = ATTENTION_SHAPES[label]
     run = make_run(impl, mode, shape, mask_kind)
     benchmark.group = f"{OP} {label} {mask_kind}-mask {mode}"
     benchmark.extra_info.update(op=OP, shape=f"B,H,Tq,Tk,Dh={shape}", mode=mode, impl=impl, mask=mask_kind,
@@ -101,13 +70,13 @@ def test_masked_cross_attention(benchmark, peak_memory, machine, impl, label, mo
     benchmark.extra_info["peak_mib"] = _peak_mib(peak_memory, run)
 
 
-@pytest.mark.parametrize("T", [1024, 2048, 4096])
+@pytest.mark.parametrize("T", list(ATTENTION_MEMORY_SHAPES))
 def test_masked_cross_attention_memory_scaling(benchmark, peak_memory, machine, T):
     """Peak memory of the cpp forward+backward with Tq = Tk = T: linear in T (the eager
-    reference's T x T matrices are quadratic). The assertion compares against T = 1024."""
-    if not _extension.has_cpp():
-        pytest.skip(f"fsrf._C not loaded: {_extension.extension_error()}")
-    shape = (1, 8, T, T, 64)
+    reference's T x T matrices are quadratic). The assertion compares against the smallest T."""
+    if reason := unavailable("fsrf-cpp", "cpu"):
+        pytest.skip(reason)
+    shape = ATTENTION_MEMORY_SHAPES[T]
     run = make_run("fsrf-cpp", "fwd+bwd", shape, "padded")
     benchmark.group = f"{OP} memory-scaling fwd+bwd"
     benchmark.extra_info.update(op=OP, shape=f"B,H,Tq,Tk,Dh={shape}", mode="fwd+bwd", impl="fsrf-cpp",
@@ -115,6 +84,7 @@ def test_masked_cross_attention_memory_scaling(benchmark, peak_memory, machine, 
     benchmark.pedantic(run, rounds=2, warmup_rounds=1, iterations=1)
     peak = _peak_mib(peak_memory, run)
     benchmark.extra_info["peak_mib"] = peak
-    base = _peak_mib(peak_memory, make_run("fsrf-cpp", "fwd+bwd", (1, 8, 1024, 1024, 64), "padded"))
-    # Linear growth gives T/1024 (x4 at 4096), quadratic (T/1024)^2 (x16); allow 1.5x slack.
-    assert peak <= 1.5 * (T / 1024) * max(base, 1.0), (T, peak, base)
+    T0, shape0 = next(iter(ATTENTION_MEMORY_SHAPES.items()))
+    base = _peak_mib(peak_memory, make_run("fsrf-cpp", "fwd+bwd", shape0, "padded"))
+    # Linear growth gives T/T0 (x4 at 4096 against 1024), quadratic (T/T0)^2 (x16); allow 1.5x slack.
+    assert peak <= 1.5 * (T / T0) * max(base, 1.0), (T, peak, base)

@@ -2,10 +2,13 @@
 
 Shared helpers: :func:`measure_peak_memory` (fixture ``peak_memory``) measures the peak extra
 memory of a call (CUDA allocator statistics on GPU, the process's resident high-water mark on
-CPU), and the ``machine`` fixture names the machine for BENCHMARKS.md.
+CPU), the ``machine`` fixture names the machine for BENCHMARKS.md, and ``pedantic_run`` times a
+step the way the small losses' benchmarks do. A benchmark whose ``impl`` parameter cannot run on
+this machine is skipped here. Peers and shapes are in ``_peers.py``.
 """
 
 import os
+import sys
 
 import pytest
 import torch
@@ -13,31 +16,29 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The benchmark files import _peers as a top-level module. pytest's default import mode puts this
+# folder on sys.path; --import-mode=importlib does not, so make sure of it here.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
         return
-    here = os.path.dirname(os.path.abspath(__file__))
     keep, drop = [], []
     for it in items:
-        (drop if str(it.fspath).startswith(here) else keep).append(it)
+        (drop if str(it.fspath).startswith(_HERE) else keep).append(it)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
 
-def _rss_hwm_bytes() -> int:
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (e.g. VmRSS), in bytes; 0 where it is missing."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -69,9 +70,9 @@ def measure_peak_memory(fn, device: str = "cpu") -> float:
             fh.write("5")
     except OSError:
         return float("nan")
-    base = _rss_bytes()
+    base = _proc_status_bytes("VmRSS")
     fn()
-    return max(0, _rss_hwm_bytes() - base) / 2**20
+    return max(0, _proc_status_bytes("VmHWM") - base) / 2**20
 
 
 @pytest.fixture
@@ -88,3 +89,36 @@ def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+# _peers is imported where it is used, not at the top: it imports fsrf, and this file is loaded
+# before collection, maybe ahead of another folder's conftest that sets fsrf's environment.
+@pytest.fixture(autouse=True)
+def _skip_unavailable(request):
+    """Skips a benchmark whose ``impl`` parameter cannot run here (``_peers.unavailable``)."""
+    callspec = getattr(request.node, "callspec", None)
+    impl = callspec.params.get("impl") if callspec else None
+    if impl:
+        from _peers import unavailable
+
+        if reason := unavailable(impl):
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def pedantic_run(benchmark, peak_memory, machine):
+    """``run(step, group, rounds, **info)`` times ``step`` with fsrf's NaN/Inf input check off (a
+    host sync the peers do not pay): one warm-up call (compilation, autotuning, caches), its peak
+    memory, then ``rounds`` timed calls after one more warm-up round, as benchmark ``group``;
+    ``info`` goes to ``extra_info``."""
+    from _peers import DEVICE, no_finite_check
+
+    def run(step, group, rounds, **info):
+        with no_finite_check():
+            step()
+            mib = peak_memory(step, DEVICE)
+            benchmark.group = group
+            benchmark.extra_info.update(info, peak_mib=round(mib, 3), device=DEVICE, machine=machine,
+                                        dtype="float32")
+            benchmark.pedantic(step, rounds=rounds, warmup_rounds=1)
+    return run

@@ -115,7 +115,7 @@ build_phase() {
   "$PY" - <<'PYEOF'
 import sys
 import fsrf
-from fsrf import _extension
+from fsrf.runtime import extension as _extension
 err = _extension.extension_error()
 if err:
     print("fsrf._C NOT loaded:", err)

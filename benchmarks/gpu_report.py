@@ -50,18 +50,25 @@ JUNIT = "gpu_tests.xml"
 # Reporting (no torch needed)
 # ============================================================================================
 
+def _file_lines(out, name):
+    """The lines of OUT/name without their line ends; none when the file is missing."""
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield line.rstrip("\n")
+
+
 def _read_rows(out):
     rows = []
-    path = os.path.join(out, ROWS)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        rows.append({"op": "?", "error": f"unreadable row: {line[:80]}"})
+    for line in _file_lines(out, ROWS):
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                rows.append({"op": "?", "error": f"unreadable row: {line[:80]}"})
     return rows
 
 
@@ -75,14 +82,11 @@ def _read_json(path):
 
 def _read_phases(out):
     phases = []
-    path = os.path.join(out, PHASES)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) >= 3:
-                    phases.append({"phase": parts[0], "status": parts[1], "seconds": parts[2],
-                                   "note": parts[3] if len(parts) > 3 else ""})
+    for line in _file_lines(out, PHASES):
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            phases.append({"phase": parts[0], "status": parts[1], "seconds": parts[2],
+                           "note": parts[3] if len(parts) > 3 else ""})
     return phases
 
 
@@ -282,6 +286,20 @@ def dry_run(out):
 # Benchmarks (GPU)
 # ============================================================================================
 
+def _load_peers():
+    """benchmarks/_peers.py, the peers and shapes this report shares with the pytest benchmarks.
+
+    Python puts a script's folder on sys.path, except under PYTHONSAFEPATH (which the test
+    suite sets for its subprocesses) or when this file is imported from elsewhere.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import _peers
+
+    return _peers
+
+
 class Bench:
     """Runs the benchmark rows. device="cpu" is a smoke run of this code on tiny shapes (no GPU:
     fsrf's CPU backends, host timers, no torch.compile peers), to catch mistakes before GPU time."""
@@ -296,6 +314,7 @@ class Bench:
         self.cuda = device == "cuda"
         self.be_attn = "cuda" if self.cuda else "auto"
         self.be_loss = "triton" if self.cuda else "auto"
+        self.peers = _load_peers()
         try:
             import triton.testing as tt
             self.do_bench = tt.do_bench
@@ -305,9 +324,9 @@ class Bench:
     def left(self):
         return self.deadline - time.monotonic()
 
-    def n(self, big, tiny):
-        """The benchmark size on the GPU, a tiny one in the CPU smoke run."""
-        return big if self.cuda else tiny
+    def shapes(self, op):
+        """``op``'s shapes for this run: the GPU's, or the tiny ones of the CPU smoke run."""
+        return self.peers.REPORT_SHAPES[op][self.dev]
 
     def sync(self):
         if self.cuda:
@@ -359,21 +378,13 @@ class Bench:
         import triton
 
         props = torch.cuda.get_device_properties(0)
-        x = torch.randn(2**27, device=self.dev)  # 512 MiB, far beyond L2
-        y = torch.empty_like(x)
-        t = self.time_ms(lambda: y.copy_(x))
-        copy_gbs = 2 * x.numel() * 4 / (t * 1e-3) / 1e9
-        del x, y
+        copy_gbs = self._copy_gbs()
         mm = {}
         prev_tf32 = torch.backends.cuda.matmul.allow_tf32
         for name, dtype, n, tf32 in (("bfloat16", torch.bfloat16, 8192, False), ("float16", torch.float16, 8192, False),
                                      ("float32", torch.float32, 4096, False), ("tf32", torch.float32, 8192, True)):
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            a = torch.randn(n, n, device=self.dev).to(dtype)
-            b = torch.randn(n, n, device=self.dev).to(dtype)
-            t = self.time_ms(lambda: a @ b)
-            mm[name] = 2 * n**3 / (t * 1e-3) / 1e12
-            del a, b
+            mm[name] = self._matmul_tflops(dtype, n)
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
         roof = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
                 "cuda": torch.version.cuda, "sms": props.multi_processor_count, "copy_gbs": copy_gbs,
@@ -383,6 +394,21 @@ class Bench:
         print(f"ceilings: copy {copy_gbs:.0f} GB/s; " + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in mm.items()),
               flush=True)
         torch.cuda.empty_cache()
+
+    # The operands live in these helpers' frames, so they are freed before the next measurement.
+    def _copy_gbs(self):
+        """Device-to-device copy bandwidth in GB/s (bytes read + written)."""
+        x = self.torch.randn(2**27, device=self.dev)  # 512 MiB, far beyond L2
+        y = self.torch.empty_like(x)
+        t = self.time_ms(lambda: y.copy_(x))
+        return 2 * x.numel() * 4 / (t * 1e-3) / 1e9
+
+    def _matmul_tflops(self, dtype, n):
+        """Rate of an n x n x n matmul in ``dtype``, in TFLOP/s."""
+        a = self.torch.randn(n, n, device=self.dev).to(dtype)
+        b = self.torch.randn(n, n, device=self.dev).to(dtype)
+        t = self.time_ms(lambda: a @ b)
+        return 2 * n**3 / (t * 1e-3) / 1e12
 
     # -------------------------------------------------------------------------------- one row
     def row(self, op, shape, dtype, make, impls, flops=None, nbytes=None, roof_dtype=None, modes=("fwd", "fwd+bwd"),
@@ -470,135 +496,93 @@ class Bench:
     # -------------------------------------------------------------------------------- the ops
     def attention(self):
         torch = self.torch
-        import torch.nn.functional as F
-        import fsrf
-
-        def eager(q, k, v, mask, scale):
-            s = torch.matmul(q, k.transpose(-1, -2)) * scale
-            has = mask.any(-1)
-            s = s.masked_fill(~(mask | ~has[:, None])[:, None, None, :], float("-inf"))
-            return torch.matmul(torch.softmax(s, -1), v) * has[:, None, None, None].to(q.dtype)
-
-        def sdpa(q, k, v, mask, scale):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale)
-
-        def ours(q, k, v, mask, scale):
-            return fsrf.ops.masked_cross_attention(q, k, v, mask, scale=scale, backend=self.be_attn)
-
-        for (B, H, T, D) in self.n(((32, 8, 50, 32), (4, 8, 1024, 64)), ((4, 2, 10, 8), (2, 2, 70, 16))):
+        p = self.peers
+        ours = p.fsrf_peer("masked_cross_attention", self.be_attn)
+        for (B, H, Tq, Tk, D) in self.shapes("masked_cross_attention"):
             for dtype in (torch.bfloat16, torch.float32):
                 g = torch.Generator(device="cpu").manual_seed(0)
-                mask_cpu = torch.rand(B, T, generator=g) > 0.15
+                mask_cpu = torch.rand(B, Tk, generator=g) > 0.15
                 mask_cpu[0] = False  # one sample with the whole modality missing
                 observed = int(mask_cpu.sum())
 
-                def make(B=B, H=H, T=T, D=D, dtype=dtype, mask_cpu=mask_cpu):
+                def make(B=B, H=H, Tq=Tq, Tk=Tk, D=D, dtype=dtype, mask_cpu=mask_cpu):
                     q, k, v = (torch.randn(B, H, T, D, device=self.dev, dtype=dtype, requires_grad=True)
-                               for _ in range(3))
-                    return [q, k, v, mask_cpu.to(self.dev), D ** -0.5], torch.randn(B, H, T, D, device=self.dev,
-                                                                                    dtype=dtype)
-                flops = 4.0 * H * T * D * observed  # q.k and p.v over observed keys only
-                self.row("masked_cross_attention", f"{B}x{H}x{T}x{T}x{D}", dtype, make,
-                         {"fsrf": ours, "sdpa": sdpa, "eager": eager, "compile": eager}, flops=flops,
+                               for T in (Tq, Tk, Tk))
+                    return [q, k, v, mask_cpu.to(self.dev)], torch.randn(B, H, Tq, D, device=self.dev, dtype=dtype)
+                flops = 4.0 * H * Tq * D * observed  # q.k and p.v over observed keys only
+                self.row("masked_cross_attention", f"{B}x{H}x{Tq}x{Tk}x{D}", dtype, make,
+                         {"fsrf": ours, "sdpa": p.attention_sdpa, "eager": p.attention_eager,
+                          "compile": p.attention_eager}, flops=flops,
                          notes=["attention FLOPs count observed keys; fwd+bwd = 3.5x fwd"])
 
     def losses(self):
         torch = self.torch
-        import torch.nn.functional as F
-        import fsrf
-
+        p = self.peers
         f32 = torch.float32
 
-        # KL 4096 x 4096
-        def kl_eager(s, t, T=2.0):
-            return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1).detach(), log_target=True,
-                            reduction="batchmean") * T * T
+        # One direction, fsrf's default (symmetric=False); bench_kl_divergence.py times FSRF's
+        # symmetric setting.
+        def kl_eager(s, t):
+            return p.kl_eager(s, t, symmetric=False)
 
-        def kl_ours(s, t):
-            return fsrf.ops.kl_divergence(s, t, temperature=2.0, backend=self.be_loss)
+        kl_ours = p.fsrf_peer("kl_divergence", self.be_loss, symmetric=False)
+        for R, Cn in self.shapes("kl_divergence"):
+            for dtype in (f32, torch.bfloat16):
+                es = torch.tensor([], dtype=dtype).element_size()
+                n = R * Cn
 
-        R, Cn = self.n((4096, 4096), (64, 100))
-        for dtype in (f32, torch.bfloat16):
-            es = torch.tensor([], dtype=dtype).element_size()
-            n = R * Cn
+                def make(R=R, Cn=Cn, dtype=dtype):
+                    s = torch.randn(R, Cn, device=self.dev, dtype=dtype, requires_grad=True)
+                    return [s, torch.randn(R, Cn, device=self.dev, dtype=dtype)], None
+                self.row("kl_divergence", f"{R}x{Cn}", dtype, make,
+                         {"fsrf": kl_ours, "eager": kl_eager, "compile": kl_eager},
+                         nbytes={"fwd": 2 * n * es, "fwd+bwd": 3 * n * es})
 
-            def make(dtype=dtype):
-                s = torch.randn(R, Cn, device=self.dev, dtype=dtype, requires_grad=True)
-                return [s, torch.randn(R, Cn, device=self.dev, dtype=dtype)], None
-            self.row("kl_divergence", f"{R}x{Cn}", dtype, make, {"fsrf": kl_ours, "eager": kl_eager, "compile": kl_eager},
-                     nbytes={"fwd": 2 * n * es, "fwd+bwd": 3 * n * es})
-
-        # MMD N = M = 8192, d = 256
-        def mmd_eager(x, y, K=5, mul=2.0):
-            u = torch.cat([x, y])
-            sq = (u * u).sum(1)
-            d2 = (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp_min(0)
-            nn_ = u.shape[0]
-            bw = (d2.sum() / (nn_ * nn_ - nn_)).detach()
-            kmat = sum(torch.exp(-d2 / (bw * mul ** (k - K // 2))) for k in range(K))
-            N = x.shape[0]
-            return kmat[:N, :N].mean() + kmat[N:, N:].mean() - 2 * kmat[:N, N:].mean()
-
-        def mmd_ours(x, y):
-            return fsrf.ops.mmd(x, y, backend=self.be_loss)
-
-        Nm, dm = self.n((8192, 256), (300, 16))
-
-        def make_mmd():
-            return [torch.randn(Nm, dm, device=self.dev, requires_grad=True),
-                    (torch.randn(Nm, dm, device=self.dev) + 0.1).requires_grad_()], None
-        self.row("mmd", f"{Nm}+{Nm}x{dm}", f32, make_mmd, {"fsrf": mmd_ours, "eager": mmd_eager, "compile": mmd_eager},
-                 flops=2.0 * (2 * Nm) ** 2 * dm, roof_dtype="tf32",
-                 notes=["MMD FLOPs: the (N+M)^2 pairwise dot products, fwd+bwd = 3x; its float32 products run as "
-                        "tf32x3 (3 tf32 products each), so its roof is 1/3 of the tf32 rate shown"])
-
-        # Orthogonality / decorrelation / grouped constraints
-        def orth_eager(a, b, eps=1e-6):
-            a = a - a.mean(0, keepdim=True)
-            b = b - b.mean(0, keepdim=True)
-            a = a / (a.norm(dim=1, keepdim=True).detach() + eps)
-            b = b / (b.norm(dim=1, keepdim=True).detach() + eps)
-            return (a.T @ b).pow(2).mean()
-
-        def decor_eager(z, eps=1e-5):
-            n, d = z.shape
-            zs = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
-            c = zs.T @ zs / n
-            return (c.pow(2).sum() - torch.diagonal(c).pow(2).sum()) / (d * (d - 1))
-
-        for N, d in self.n(((64, 128), (65536, 128)), ((16, 8), (64, 16))):
-            def make_o(N=N, d=d):
+        for N, M, d in self.shapes("mmd"):
+            def make_mmd(N=N, M=M, d=d):
                 return [torch.randn(N, d, device=self.dev, requires_grad=True),
-                        torch.randn(N, d, device=self.dev, requires_grad=True)], None
-            self.row("orthogonality_loss", f"{N}x{d} / {N}x{d}", f32, make_o,
-                     {"fsrf": lambda a, b: fsrf.ops.orthogonality_loss(a, b, backend=self.be_loss), "eager": orth_eager,
-                      "compile": orth_eager}, flops=2.0 * N * d * d,
-                     nbytes={"fwd": 2 * N * d * 4, "fwd+bwd": 4 * N * d * 4}, roof_dtype="float32")
-        for N, d in self.n(((64, 128), (65536, 256)), ((16, 8), (64, 16))):
+                        (torch.randn(M, d, device=self.dev) + 0.1).requires_grad_()], None
+            self.row("mmd", f"{N}+{M}x{d}", f32, make_mmd,
+                     {"fsrf": p.fsrf_peer("mmd", self.be_loss), "eager": p.mmd_eager_gram,
+                      "compile": p.mmd_eager_gram},
+                     flops=2.0 * (N + M) ** 2 * d, roof_dtype="tf32",
+                     notes=["MMD FLOPs: the (N+M)^2 pairwise dot products, fwd+bwd = 3x; its float32 products run as "
+                            "tf32x3 (3 tf32 products each), so its roof is 1/3 of the tf32 rate shown"])
+
+        for N, d1, d2 in self.shapes("orthogonality_loss"):
+            def make_o(N=N, d1=d1, d2=d2):
+                return [torch.randn(N, d1, device=self.dev, requires_grad=True),
+                        torch.randn(N, d2, device=self.dev, requires_grad=True)], None
+            self.row("orthogonality_loss", f"{N}x{d1} / {N}x{d2}", f32, make_o,
+                     {"fsrf": p.fsrf_peer("orthogonality_loss", self.be_loss), "eager": p.orth_eager,
+                      "compile": p.orth_eager}, flops=2.0 * N * d1 * d2,
+                     nbytes={"fwd": N * (d1 + d2) * 4, "fwd+bwd": 2 * N * (d1 + d2) * 4}, roof_dtype="float32")
+        for N, d in self.shapes("decorrelation_loss"):
             def make_d(N=N, d=d):
                 return [torch.randn(N, d, device=self.dev, requires_grad=True)], None
             self.row("decorrelation_loss", f"{N}x{d}", f32, make_d,
-                     {"fsrf": lambda z: fsrf.ops.decorrelation_loss(z, backend=self.be_loss), "eager": decor_eager,
-                      "compile": decor_eager}, flops=2.0 * N * d * d,
+                     {"fsrf": p.fsrf_peer("decorrelation_loss", self.be_loss), "eager": p.decor_eager,
+                      "compile": p.decor_eager}, flops=2.0 * N * d * d,
                      nbytes={"fwd": N * d * 4, "fwd+bwd": 2 * N * d * 4})
 
-        pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
-        decor = list(range(6))
+        pairs, decor = p.REPORT_PAIRS, p.REPORT_DECOR
+        loop = p.constraints_eager(pairs, decor)
+        grouped = p.fsrf_peer("factor_constraints", self.be_loss, pairs=pairs, decorrelate=decor)
 
         def grouped_eager(*fs):
-            terms = [orth_eager(fs[i], fs[j]) for i, j in pairs] + [decor_eager(fs[i]) for i in decor]
-            return torch.stack(terms).sum()
+            return loop(fs).sum()
 
         def grouped_ours(*fs):
-            return fsrf.ops.factor_constraints(list(fs), pairs, decor, backend=self.be_loss).sum()
+            return grouped(list(fs)).sum()
 
-        for N, d in self.n(((64, 128), (4096, 256)), ((16, 8), (32, 16))):
+        nf = p.REPORT_FACTORS
+        for N, d in self.shapes("factor_constraints"):
             def make_g(N=N, d=d):
-                return [torch.randn(N, d, device=self.dev, requires_grad=True) for _ in range(6)], None
-            self.row("factor_constraints", f"6x({N}x{d}) 15 pairs+6", f32, make_g,
+                return [torch.randn(N, d, device=self.dev, requires_grad=True) for _ in range(nf)], None
+            self.row("factor_constraints", f"{nf}x({N}x{d}) {len(pairs)} pairs+{len(decor)}", f32, make_g,
                      {"fsrf": grouped_ours, "eager": grouped_eager, "compile": grouped_eager},
                      flops=2.0 * N * d * d * (len(pairs) + len(decor)),
-                     nbytes={"fwd": 6 * N * d * 4, "fwd+bwd": 12 * N * d * 4})
+                     nbytes={"fwd": nf * N * d * 4, "fwd+bwd": 2 * nf * N * d * 4})
 
     def model_step(self):
         torch = self.torch
@@ -610,8 +594,8 @@ class Bench:
             self.emit(dict(op="fsrf_model_step", shape="B64 T50 MOSEI", dtype="float32", mode="fwd+bwd",
                            fsrf_ms=None, peers={}, error=f"skipped: FSRFModel not importable ({exc})"))
             return
-        B, T = self.n((64, 50), (4, 6))
-        dims = {"text": 768, "audio": 74, "vision": 35}
+        (B, T), = self.shapes("fsrf_model_step")
+        dims = self.peers.MOSEI_DIMS
         try:
             torch.manual_seed(0)
             model = FSRFModel(dims).to(self.dev).train()

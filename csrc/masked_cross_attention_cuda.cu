@@ -13,8 +13,9 @@
 //   * tensor-core kernels (masked_cross_attention_wmma_cuda.cuh, WMMA 16x16x16): float16 and
 //     bfloat16 on sm_80+ when their tiles fit in shared memory (all head dims on A100/H100).
 //     FSRF_CUDA_ATTENTION=simt in the environment selects the CUDA-core kernels instead.
-// The device code and its launch order live in those headers, shared with the CPU emulation
-// test (tests/cuda_emu), which runs them on host threads.
+// The device code and its launch order live in those headers (what both families use in
+// masked_cross_attention_common_cuda.cuh), shared with the CPU emulation test
+// (tests/cpp/cuda_emu), which runs them on host threads.
 //
 // Tile sizes. The model's attention (MSA shape B=32, H=8, T=50, Dh=32) has one 64-row tile per
 // (sample, head): the forward grid is B*H = 256 blocks and the backward grid 256 blocks, about
@@ -62,19 +63,25 @@ namespace fsrf {
 namespace mca {
 namespace {
 
-// Largest dynamic shared memory one block may use on `device` (opt-in limit), queried once per
-// device: no runtime API call but the launches happens per op call (CUDA-graph capture safe).
-int smem_limit(int device) {
+// Queried once per (attribute, device), so that after the first call an op makes no runtime API
+// call but its launches (CUDA-graph capture safe).
+int device_attribute(cudaDeviceAttr attr, int device) {
   static std::mutex mu;
-  static std::map<int, int> cache;
+  static std::map<std::pair<int, int>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(device);
+  const auto key = std::make_pair(int(attr), device);
+  auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cache[device] = v;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, device));
+  cache[key] = v;
   return v;
 }
+
+// Largest dynamic shared memory one block may use on `device` (the opt-in limit).
+int smem_limit(int device) { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device); }
+
+int compute_major(int device) { return device_attribute(cudaDevAttrComputeCapabilityMajor, device); }
 
 // Launches `kernel` on the current stream; raises the dynamic shared memory limit of the kernel
 // once per (kernel, device) when it needs more than the default 48 KB.
@@ -137,18 +144,6 @@ const bool* mask_ptr(const std::optional<at::Tensor>& key_mask, at::Tensor& hold
 
 int64_t blocks_for(int64_t B, int64_t H, int64_t T, int tile) { return B * H * ((T + tile - 1) / tile); }
 
-int compute_major(int device) {
-  static std::mutex mu;
-  static std::map<int, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(device);
-  if (it != cache.end()) return it->second;
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device));
-  cache[device] = v;
-  return v;
-}
-
 // FSRF_CUDA_ATTENTION=simt forces the CUDA-core kernels for float16/bfloat16 too (read once).
 bool simt_forced() {
   static const bool forced = [] {
@@ -158,11 +153,14 @@ bool simt_forced() {
   return forced;
 }
 
+// The dtypes the tensor-core kernels take; only for these are those kernels instantiated.
+template <typename scalar_t>
+constexpr bool wmma_dtype = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
+
 // Tensor cores for float16/bfloat16 on sm_80+ when the tiles fit in shared memory.
 template <typename scalar_t, int D>
 bool use_tensor_cores(int device, int limit, int smem_bytes) {
-  constexpr bool half = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
-  return half && !simt_forced() && compute_major(device) >= 8 && smem_bytes <= limit;
+  return wmma_dtype<scalar_t> && !simt_forced() && compute_major(device) >= 8 && smem_bytes <= limit;
 }
 
 bool aligned16(std::initializer_list<const at::Tensor*> ts) {
@@ -199,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> masked_cross_attention_fwd_cuda(const at::Ten
                                      int(B), int(H), int(Tq), int(Tk), int(Dh), acc_t(scale)};
     dispatch_head_dim(int(Dh), [&](auto dc) {
       constexpr int D = decltype(dc)::value;
-      if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+      if constexpr (wmma_dtype<scalar_t>) {
         if (use_tensor_cores<scalar_t, D>(device, limit, wmma_fwd_smem<D>())) {
           forward_wmma<scalar_t, D>(a, Dh % 8 == 0 && aligned16({&q, &k, &v}), launch);
           return;
@@ -260,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_bwd_cuda(
     dispatch_head_dim(int(Dh), [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       bool tensor_cores = false;
-      if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+      if constexpr (wmma_dtype<scalar_t>) {
         tensor_cores = use_tensor_cores<scalar_t, D>(device, limit, wmma_bwd_smem<D>());
       }
       const int need = tensor_cores ? wmma_bwd_smem<D>() : smem_needed<BwdCfg, acc_t, D>(limit);
@@ -271,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_attention_bwd_cuda(
         at::globalContext().alertNotDeterministic(
             "masked_cross_attention_bwd (CUDA) with more than one key tile: dQ is summed with atomics");
       }
-      if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+      if constexpr (wmma_dtype<scalar_t>) {
         if (tensor_cores) {
           backward_wmma<scalar_t, D>(a, Dh % 8 == 0 && aligned16({&q, &k, &v, &dout}), launch);
           return;

@@ -1,11 +1,12 @@
 // Device code of the CUDA masked cross-modal attention (fsrf::masked_cross_attention_fwd/bwd).
 //
 // Included by masked_cross_attention_cuda.cu (nvcc) and, for the CPU test of the kernel logic,
-// by tests/cuda_emu/mca_emu.cpp (g++ with tests/cuda_emu/cuda_emu.h supplying threadIdx,
+// by tests/cpp/cuda_emu/mca_emu.cpp (g++ with tests/cpp/cuda_emu/cuda_emu.h supplying threadIdx,
 // __syncthreads, shuffles and atomics, each CUDA thread a user-level context). It therefore
 // includes no torch or CUDA header itself and touches CUDA only through the built-ins both sides
 // provide; the launch order of the kernels (forward(), backward() at the bottom) is shared with
-// that test too.
+// that test too. What the tensor-core kernels use as well (numerics, kernel arguments, the mask
+// vote, the backward's row kernel) is in masked_cross_attention_common_cuda.cuh.
 //
 // Algorithm: FlashAttention-2 with a per-sample key mask.
 //   forward   one block per (sample, head, query tile); loops over key tiles with an online
@@ -39,56 +40,13 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "masked_cross_attention_common_cuda.cuh"
+
 namespace fsrf {
 namespace mca {
 
-#ifndef FSRF_MCA_DEVICE
-#define FSRF_MCA_DEVICE __device__ __forceinline__
-#endif
-
 // ---------------------------------------------------------------------------------------------
-// Numeric helpers (float and double accumulators).
-
-template <typename acc_t>
-struct Num;
-
-template <>
-struct Num<float> {
-  static FSRF_MCA_DEVICE float exp2(float x) { return exp2f(x); }
-  static FSRF_MCA_DEVICE float log(float x) { return logf(x); }
-  static FSRF_MCA_DEVICE float max(float a, float b) { return fmaxf(a, b); }
-  static FSRF_MCA_DEVICE float inf() { return __int_as_float(0x7f800000); }
-};
-
-template <>
-struct Num<double> {
-  static FSRF_MCA_DEVICE double exp2(double x) { return ::exp2(x); }
-  static FSRF_MCA_DEVICE double log(double x) { return ::log(x); }
-  static FSRF_MCA_DEVICE double max(double a, double b) { return fmax(a, b); }
-  static FSRF_MCA_DEVICE double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
-};
-
-constexpr double kLog2e = 1.4426950408889634;
-constexpr double kLn2 = 0.6931471805599453;
-
-// Element conversions: T is float, double, c10::Half or c10::BFloat16 (both convert through
-// float on host and device).
-template <typename acc_t, typename T>
-FSRF_MCA_DEVICE acc_t to_acc(T x) {
-  return static_cast<acc_t>(static_cast<float>(x));
-}
-template <>
-FSRF_MCA_DEVICE double to_acc<double, double>(double x) {
-  return x;
-}
-template <typename T, typename acc_t>
-FSRF_MCA_DEVICE T from_acc(acc_t x) {
-  return T(static_cast<float>(x));
-}
-template <>
-FSRF_MCA_DEVICE double from_acc<double, double>(double x) {
-  return x;
-}
+// Vector loads from shared memory.
 
 // N contiguous shared-memory elements into registers with the widest aligned loads
 // (N in {1, 2, 4, 8}; the pointer is aligned to N elements, at most 16 bytes for float4).
@@ -228,17 +186,6 @@ FSRF_MCA_DEVICE acc_t group8_sum(acc_t x) {
   return x;
 }
 
-FSRF_MCA_DEVICE unsigned char* dynamic_smem() {
-#ifdef FSRF_CUDA_EMULATION
-  return cuda_emu::dynamic_smem();
-#else
-  // 128-byte alignment: the tensor-core path needs 32-byte aligned tiles (the kernels declare no
-  // static shared memory, so the dynamic block starts at the window's base anyway).
-  extern __shared__ __align__(128) unsigned char fsrf_mca_smem[];
-  return fsrf_mca_smem;
-#endif
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tile configurations. D is the head dimension rounded up to 32, 64 or 128 (padding columns
 // hold zeros). BT is the query and key tile (64, or 32 where shared memory is short).
@@ -283,39 +230,6 @@ struct BwdCfg {
   static_assert(NT >= BK, "one thread per key of a tile for the mask vote");
 };
 
-// ---------------------------------------------------------------------------------------------
-// Kernel arguments. Tensors are contiguous: q/out (B,H,Tq,Dh), k/v (B,H,Tk,Dh), mask (B,Tk)
-// or null, lse/dvec (B,H,Tq).
-
-template <typename T, typename acc_t>
-struct FwdArgs {
-  const T* q;
-  const T* k;
-  const T* v;
-  const bool* mask;
-  T* out;
-  float* lse;
-  int B, H, Tq, Tk, Dh;
-  acc_t scale;
-};
-
-template <typename T, typename acc_t>
-struct BwdArgs {
-  const T* dout;
-  const T* q;
-  const T* k;
-  const T* v;
-  const bool* mask;
-  const T* out;
-  const float* lse;
-  acc_t* dvec;    // (B,H,Tq) scratch, written by the row kernel
-  acc_t* dq_acc;  // (B,H,Tq,Dh), zero on entry; the .cu converts it to grad_q's dtype
-  T* dk;
-  T* dv;
-  int B, H, Tq, Tk, Dh;
-  acc_t scale;
-};
-
 // Copies a rows x D tile of a (T_total, Dh) matrix into shared memory (row stride LD), with
 // zeros for rows >= nrows, columns >= Dh, and rows whose `valid` flag is 0 (when given).
 template <typename T, typename acc_t, int ROWS, int D, int LD, int NT>
@@ -347,15 +261,11 @@ mca_fwd_kernel(const FwdArgs<T, acc_t> p) {
 
   const int tid = threadIdx.x, lane = tid & 31;
   const int cg = lane & 7, rg = (tid >> 5) * 4 + (lane >> 3);
-  const int nqt = (p.Tq + BQ - 1) / BQ;
-  const int qt = int(blockIdx.x % unsigned(nqt));
-  const int bh = int(blockIdx.x / unsigned(nqt));
-  const int b = bh / p.H;
-  const int q0 = qt * BQ;
+  const auto [bh, b, q0] = block_tile<BQ>(p.Tq, p.H);
   const T* q = p.q + int64_t(bh) * p.Tq * p.Dh;
   const T* k = p.k + int64_t(bh) * p.Tk * p.Dh;
   const T* v = p.v + int64_t(bh) * p.Tk * p.Dh;
-  const bool* mask = p.mask ? p.mask + int64_t(b) * p.Tk : nullptr;
+  const bool* mask = sample_mask(p.mask, b, p.Tk);
   const acc_t sl2 = p.scale * acc_t(kLog2e);
   const acc_t NEG_INF = -Num<acc_t>::inf();
 
@@ -370,12 +280,7 @@ mca_fwd_kernel(const FwdArgs<T, acc_t> p) {
   for (int kt = 0; kt < nkt; ++kt) {
     const int k0 = kt * BK;
     __syncthreads();  // the previous tile's reads of sK, sV, sP, sValid are done
-    int ok = 0;
-    if (tid < BK) {
-      ok = (k0 + tid < p.Tk) && (mask == nullptr || mask[k0 + tid]);
-      sValid[tid] = ok ? acc_t(1) : acc_t(0);
-    }
-    if (!__syncthreads_or(ok)) continue;  // every key of this tile is masked for this sample
+    if (!vote_key_tile<BK>(sValid, mask, k0, p.Tk)) continue;
     load_tile<T, acc_t, BK, D, LDH, NT>(sK, k, k0, p.Tk, p.Dh, sValid);
     load_tile<T, acc_t, BK, D, LDH, NT>(sV, v, k0, p.Tk, p.Dh, sValid);
     __syncthreads();
@@ -434,24 +339,8 @@ mca_fwd_kernel(const FwdArgs<T, acc_t> p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward, step 1: dvec[row] = sum_d dout[row][d] * out[row][d]; one warp per row.
-
-template <typename T, typename acc_t>
-__global__ void __launch_bounds__(256) mca_bwd_dvec_kernel(const BwdArgs<T, acc_t> p) {
-  const int64_t rows = int64_t(p.B) * p.H * p.Tq;
-  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;  // whole warps leave together: the shuffles below stay full-warp
-  const T* a = p.dout + row * p.Dh;
-  const T* o = p.out + row * p.Dh;
-  acc_t s = acc_t(0);
-  for (int d = lane; d < p.Dh; d += 32) s += to_acc<acc_t>(a[d]) * to_acc<acc_t>(o[d]);
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-  if (lane == 0) p.dvec[row] = s;
-}
-
-// Backward, step 2: grid.x = B * H * ceil(Tk / BK), block = NT threads.
+// Backward (after the row kernel of masked_cross_attention_common_cuda.cuh):
+// grid.x = B * H * ceil(Tk / BK), block = NT threads.
 
 template <typename T, typename acc_t, int D, int BT>
 __global__ void __launch_bounds__(BwdCfg<acc_t, D, BT>::NT, BwdCfg<acc_t, D, BT>::MIN_BLOCKS)
@@ -471,31 +360,15 @@ mca_bwd_kernel(const BwdArgs<T, acc_t> p) {
 
   const int tid = threadIdx.x, lane = tid & 31;
   const int cg = lane & 7, rg = (tid >> 5) * 4 + (lane >> 3);
-  const int nkt = (p.Tk + BK - 1) / BK;
-  const int kt = int(blockIdx.x % unsigned(nkt));
-  const int bh = int(blockIdx.x / unsigned(nkt));
-  const int b = bh / p.H;
-  const int k0 = kt * BK;
+  const auto [bh, b, k0] = block_tile<BK>(p.Tk, p.H);
   const int64_t qoff = int64_t(bh) * p.Tq * p.Dh, koff = int64_t(bh) * p.Tk * p.Dh;
-  const bool* mask = p.mask ? p.mask + int64_t(b) * p.Tk : nullptr;
+  const bool* mask = sample_mask(p.mask, b, p.Tk);
   const acc_t sl2 = p.scale * acc_t(kLog2e);
   T* dk = p.dk + koff;
   T* dv = p.dv + koff;
 
-  int ok = 0;
-  if (tid < BK) {
-    ok = (k0 + tid < p.Tk) && (mask == nullptr || mask[k0 + tid]);
-    sValid[tid] = ok ? acc_t(1) : acc_t(0);
-  }
-  if (!__syncthreads_or(ok)) {
-    // No observed key here: these keys get no gradient and add nothing to dQ.
-    for (int e = tid; e < BK * p.Dh; e += NT) {
-      const int r = e / p.Dh, d = e % p.Dh;
-      if (k0 + r < p.Tk) {
-        dk[int64_t(k0 + r) * p.Dh + d] = from_acc<T>(acc_t(0));
-        dv[int64_t(k0 + r) * p.Dh + d] = from_acc<T>(acc_t(0));
-      }
-    }
+  if (!vote_key_tile<BK>(sValid, mask, k0, p.Tk)) {
+    zero_key_tile_grads<T, acc_t, BK, NT>(dk, dv, k0, p.Tk, p.Dh);
     return;
   }
   load_tile<T, acc_t, BK, D, LDH, NT>(sK, p.k + koff, k0, p.Tk, p.Dh, sValid);
@@ -611,35 +484,35 @@ int smem_needed(int smem_limit) {
                                                     : Cfg<acc_t, D, 32>::SMEM_BYTES;
 }
 
+// Calls f with pick_tile's choice as a compile-time constant. float64 always takes 32, and
+// testing that at compile time keeps its 64-tiles from being instantiated at all.
+template <template <typename, int, int> class Cfg, typename acc_t, int D, class F>
+void dispatch_tile(int smem_limit, F&& f) {
+  if constexpr (sizeof(acc_t) == 4) {
+    if (pick_tile<Cfg, acc_t, D>(smem_limit) == 64) return f(std::integral_constant<int, 64>{});
+  }
+  f(std::integral_constant<int, 32>{});
+}
+
 template <typename T, typename acc_t, int D, class Launch>
 void forward(const FwdArgs<T, acc_t>& a, int smem_limit, Launch&& launch) {
-  auto go = [&](auto bt) {
+  dispatch_tile<FwdCfg, acc_t, D>(smem_limit, [&](auto bt) {
     constexpr int BT = decltype(bt)::value;
     using C = FwdCfg<acc_t, D, BT>;
     const int64_t blocks = int64_t(a.B) * a.H * ((a.Tq + C::BQ - 1) / C::BQ);
     launch(mca_fwd_kernel<T, acc_t, D, BT>, dim3(unsigned(blocks)), dim3(C::NT), C::SMEM_BYTES, a);
-  };
-  // float64 always takes 32 (pick_tile): its 64-tiles are never instantiated.
-  if constexpr (sizeof(acc_t) == 4) {
-    if (pick_tile<FwdCfg, acc_t, D>(smem_limit) == 64) return go(std::integral_constant<int, 64>{});
-  }
-  go(std::integral_constant<int, 32>{});
+  });
 }
 
 template <typename T, typename acc_t, int D, class Launch>
 void backward(const BwdArgs<T, acc_t>& a, int smem_limit, Launch&& launch) {
-  const int64_t rows = int64_t(a.B) * a.H * a.Tq;
-  launch(mca_bwd_dvec_kernel<T, acc_t>, dim3(unsigned((rows + 7) / 8)), dim3(256), 0, a);
-  auto go = [&](auto bt) {
+  launch_bwd_dvec(a, launch);
+  dispatch_tile<BwdCfg, acc_t, D>(smem_limit, [&](auto bt) {
     constexpr int BT = decltype(bt)::value;
     using C = BwdCfg<acc_t, D, BT>;
     const int64_t blocks = int64_t(a.B) * a.H * ((a.Tk + C::BK - 1) / C::BK);
     launch(mca_bwd_kernel<T, acc_t, D, BT>, dim3(unsigned(blocks)), dim3(C::NT), C::SMEM_BYTES, a);
-  };
-  if constexpr (sizeof(acc_t) == 4) {
-    if (pick_tile<BwdCfg, acc_t, D>(smem_limit) == 64) return go(std::integral_constant<int, 64>{});
-  }
-  go(std::integral_constant<int, 32>{});
+  });
 }
 
 // Key tiles of the backward: more than one means several blocks add into the same dQ element

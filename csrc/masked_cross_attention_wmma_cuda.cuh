@@ -24,7 +24,7 @@
 
 #pragma once
 
-#include "masked_cross_attention_cuda.cuh"
+#include "masked_cross_attention_common_cuda.cuh"
 
 namespace fsrf {
 namespace mca {
@@ -166,15 +166,11 @@ __global__ void __launch_bounds__(128) mca_fwd_wmma_kernel(const FwdArgs<T, floa
   M* sP = reinterpret_cast<M*>(smem + C::OFF_P) + warp * 16 * LDP;
   float* sO = reinterpret_cast<float*>(smem + C::OFF_O) + warp * 16 * LDO;
 
-  const int nqt = (p.Tq + BQ - 1) / BQ;
-  const int qt = int(blockIdx.x % unsigned(nqt));
-  const int bh = int(blockIdx.x / unsigned(nqt));
-  const int b = bh / p.H;
-  const int q0 = qt * BQ;
+  const auto [bh, b, q0] = block_tile<BQ>(p.Tq, p.H);
   const auto* q = reinterpret_cast<const unsigned short*>(p.q) + int64_t(bh) * p.Tq * p.Dh;
   const auto* k = reinterpret_cast<const unsigned short*>(p.k) + int64_t(bh) * p.Tk * p.Dh;
   const auto* v = reinterpret_cast<const unsigned short*>(p.v) + int64_t(bh) * p.Tk * p.Dh;
-  const bool* mask = p.mask ? p.mask + int64_t(b) * p.Tk : nullptr;
+  const bool* mask = sample_mask(p.mask, b, p.Tk);
   const float sl2 = p.scale * float(kLog2e);
   const float NEG_INF = -Num<float>::inf();
 
@@ -193,12 +189,7 @@ __global__ void __launch_bounds__(128) mca_fwd_wmma_kernel(const FwdArgs<T, floa
   for (int kt = 0; kt < nkt; ++kt) {
     const int k0 = kt * BK;
     __syncthreads();  // the previous tile's reads of sK, sV, sValid are done
-    int ok = 0;
-    if (tid < BK) {
-      ok = (k0 + tid < p.Tk) && (mask == nullptr || mask[k0 + tid]);
-      sValid[tid] = ok ? 1.f : 0.f;
-    }
-    if (!__syncthreads_or(ok)) continue;  // every key of this tile is masked for this sample
+    if (!vote_key_tile<BK>(sValid, mask, k0, p.Tk)) continue;
     load_tile16<BK, D, LDH, NT>(reinterpret_cast<unsigned short*>(sK), k, k0, p.Tk, p.Dh, sValid, vec != 0);
     load_tile16<BK, D, LDH, NT>(reinterpret_cast<unsigned short*>(sV), v, k0, p.Tk, p.Dh, sValid, vec != 0);
     __syncthreads();
@@ -283,8 +274,8 @@ __global__ void __launch_bounds__(128) mca_fwd_wmma_kernel(const FwdArgs<T, floa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward main kernel: grid.x = B * H * ceil(Tk / 64), 128 threads (the dvec row kernel of the
-// CUDA-core path runs first).
+// Backward main kernel: grid.x = B * H * ceil(Tk / 64), 128 threads (after the row kernel of
+// masked_cross_attention_common_cuda.cuh).
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) mca_bwd_wmma_kernel(const BwdArgs<T, float> p, int vec) {
@@ -315,30 +306,15 @@ __global__ void __launch_bounds__(128) mca_bwd_wmma_kernel(const BwdArgs<T, floa
   float* sdPt = reinterpret_cast<float*>(smem + C::OFF_DPT) + warp * 16 * LDT;
   float* sW = reinterpret_cast<float*>(smem + C::OFF_DQ) + warp * 16 * LDO;
 
-  const int nkt = (p.Tk + BK - 1) / BK;
-  const int kt = int(blockIdx.x % unsigned(nkt));
-  const int bh = int(blockIdx.x / unsigned(nkt));
-  const int b = bh / p.H;
-  const int k0 = kt * BK;
+  const auto [bh, b, k0] = block_tile<BK>(p.Tk, p.H);
   const int64_t qoff = int64_t(bh) * p.Tq * p.Dh, koff = int64_t(bh) * p.Tk * p.Dh;
-  const bool* mask = p.mask ? p.mask + int64_t(b) * p.Tk : nullptr;
+  const bool* mask = sample_mask(p.mask, b, p.Tk);
   const float sl2 = p.scale * float(kLog2e);
   T* dk = p.dk + koff;
   T* dv = p.dv + koff;
 
-  int ok = 0;
-  if (tid < BK) {
-    ok = (k0 + tid < p.Tk) && (mask == nullptr || mask[k0 + tid]);
-    sValid[tid] = ok ? 1.f : 0.f;
-  }
-  if (!__syncthreads_or(ok)) {
-    for (int e = tid; e < BK * p.Dh; e += NT) {
-      const int rr = e / p.Dh, d = e % p.Dh;
-      if (k0 + rr < p.Tk) {
-        dk[int64_t(k0 + rr) * p.Dh + d] = from_acc<T>(0.f);
-        dv[int64_t(k0 + rr) * p.Dh + d] = from_acc<T>(0.f);
-      }
-    }
+  if (!vote_key_tile<BK>(sValid, mask, k0, p.Tk)) {
+    zero_key_tile_grads<T, float, BK, NT>(dk, dv, k0, p.Tk, p.Dh);
     return;
   }
   load_tile16<BK, D, LDH, NT>(reinterpret_cast<unsigned short*>(sK),
@@ -510,8 +486,7 @@ void forward_wmma(const FwdArgs<T, float>& a, bool vec, Launch&& launch) {
 
 template <typename T, int D, class Launch>
 void backward_wmma(const BwdArgs<T, float>& a, bool vec, Launch&& launch) {
-  const int64_t rows = int64_t(a.B) * a.H * a.Tq;
-  launch(mca_bwd_dvec_kernel<T, float>, dim3(unsigned((rows + 7) / 8)), dim3(256), 0, a);
+  launch_bwd_dvec(a, launch);
   using C = WBwdCfg<D>;
   const int64_t blocks = int64_t(a.B) * a.H * ((a.Tk + C::BK - 1) / C::BK);
   launch(mca_bwd_wmma_kernel<T, D>, dim3(unsigned(blocks)), dim3(C::NT), C::SMEM_BYTES, a, int(vec));

@@ -4,38 +4,56 @@ The method is a reconstruction from the paper's abstract and lineage (see ``docs
 
 Main entry points:
 
-* :class:`fsrf.FSRFLayer` — drop-in fusion layer robust to missing modalities;
-* :class:`fsrf.FSRFModel` — the full model with a regression head and the FSRF training loss;
+* :class:`fsrf.FSRFLayer` — drop-in fusion layer robust to missing modalities (:mod:`fsrf.nn`);
+* :class:`fsrf.FSRFModel` — the full model with a regression head and the FSRF training loss
+  (:mod:`fsrf.models`);
 * :mod:`fsrf.ops` — the fused ops (masked cross-modal attention, factorization and alignment losses);
 * :mod:`fsrf.missing`, :mod:`fsrf.metrics`, :mod:`fsrf.data` — protocols, MMSA metrics, data;
+* :mod:`fsrf.training` — training, robustness evaluation, the demo;
 * :func:`fsrf.info` — versions and which backend each op uses.
+
+The package layers are described in ARCHITECTURE.md and checked by import-linter.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from fsrf.backend import get_backend, set_backend, set_check_finite, use_backend
-from fsrf._info import info
-
-__version__ = "0.1.0"
+from fsrf._version import __version__
+from fsrf.runtime.backend import get_backend, set_backend, set_check_finite, use_backend
 
 __all__ = ["__version__", "info", "set_backend", "get_backend", "use_backend", "set_check_finite",
-           "ops", "nn", "missing", "metrics", "data",
+           "ops", "nn", "models", "missing", "metrics", "data", "training",
            "FSRFConfig", "FSRFLayer", "FSRFModel", "FSRFOutput"]
 
 # Heavy or optional parts load on first use so `import fsrf` stays cheap.
 _LAZY = {
     "ops": ("fsrf.ops", None),
     "nn": ("fsrf.nn", None),
+    "models": ("fsrf.models", None),
     "missing": ("fsrf.missing", None),
     "metrics": ("fsrf.metrics", None),
     "data": ("fsrf.data", None),
+    "training": ("fsrf.training", None),
     "FSRFConfig": ("fsrf.config", "FSRFConfig"),
-    "FSRFLayer": ("fsrf.layer", "FSRFLayer"),
-    "FSRFOutput": ("fsrf.layer", "FSRFOutput"),
-    "FSRFModel": ("fsrf.model", "FSRFModel"),
+    "FSRFLayer": ("fsrf.nn.layer", "FSRFLayer"),
+    "FSRFOutput": ("fsrf.nn.layer", "FSRFOutput"),
+    "FSRFModel": ("fsrf.models.fsrf_model", "FSRFModel"),
 }
+
+
+def info() -> dict:
+    """Versions, compiled and usable backends, and the backend ``auto`` picks per op and device.
+
+    The keys of :func:`fsrf.runtime.info.environment` plus ``ops``:
+    ``{op: {"implemented": [...], "cpu": pick, "cuda": pick}}``.
+    """
+    from fsrf.ops import backend_table
+    from fsrf.runtime.info import environment
+
+    d = environment()
+    d["ops"] = backend_table()
+    return d
 
 
 def __getattr__(name: str):

@@ -1,9 +1,9 @@
 """Triton backend of :func:`fsrf.ops.factor_constraints`: every orthogonality and decorrelation
 term of a list of factors in one forward launch (and two backward launches).
 
-The kernels themselves live in :mod:`fsrf.kernels._gram`, shared with the single-term ops
-:mod:`fsrf.kernels.orthogonality` and :mod:`fsrf.kernels.decorrelation`; this module packs the
-factors and builds the term list.
+The kernels themselves live in :mod:`fsrf.kernels._gram`; this module packs the factors and
+builds the term list. It is the one kernel entry of the Gram op family: ``orthogonality_loss``
+and ``decorrelation_loss`` reach it as one-term calls of ``factor_constraints``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-
-from fsrf.kernels import _gram
+from . import _gram
 
 __all__ = ["forward", "backward"]
 

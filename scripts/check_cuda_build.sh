@@ -75,7 +75,7 @@ cd "$scratch/empty"
 import os, sys, warnings
 import torch
 import fsrf
-from fsrf import _extension, backend
+from fsrf.runtime import backend, extension as _extension
 
 assert os.path.dirname(fsrf.__file__).startswith(sys.prefix) or "site-packages" in fsrf.__file__, fsrf.__file__
 err = _extension.extension_error()

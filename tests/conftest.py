@@ -18,7 +18,6 @@ if not torch.cuda.is_available():
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 
-
 @pytest.fixture(autouse=True)
 def _seed_and_restore_backend():
     """Each test starts from seed 0 and the automatic backend choice."""
@@ -28,3 +27,13 @@ def _seed_and_restore_backend():
     prev = fsrf.get_backend()
     yield
     fsrf.set_backend(prev if prev != "auto" else None)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (see _helpers.single_thread); a module that only runs ops
+    on small tensors requests it for all its tests with ``pytest.mark.usefixtures``."""
+    from _helpers import single_thread
+
+    with single_thread():
+        yield

@@ -1,6 +1,6 @@
 """decorrelation_loss (Barlow-Twins off-diagonal penalty): torch and Triton backends against an
 independent float64 formula, gradients included, special values (decorrelated columns, identical
-columns, d = 1), low precision, torch.compile, opcheck and input validation."""
+columns, d = 1), low precision, torch.compile and input validation (opcheck of the shared custom op: test_factor_constraints.py)."""
 
 import pytest
 import torch
@@ -8,28 +8,10 @@ import torch
 import fsrf
 from fsrf.ops import decorrelation_loss
 
+from _helpers import decor64, requires_cuda, value_and_grads
+
 BACKENDS = ["torch", "triton"]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on a loaded 2-core runner (tens of times slower)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def ref64(z, eps=1e-5):
-    """The definition in float64: standardise columns (biased var), C = ZsᵀZs/N, off-diagonal mean."""
-    z = z.double()
-    n, d = z.shape
-    zc = z - z.mean(dim=0)
-    zs = zc / (zc.pow(2).mean(dim=0) + eps).sqrt()
-    c = zs.T @ zs / n
-    off = ~torch.eye(d, dtype=torch.bool)
-    return c[off].pow(2).sum() / (d * (d - 1))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(n, d, dtype=torch.float32, device="cpu"):
@@ -40,15 +22,13 @@ def make(n, d, dtype=torch.float32, device="cpu"):
 
 
 def value_and_grad(fn, z, upstream=1.3):
-    z = z.detach().clone().requires_grad_(True)
-    loss = fn(z)
-    (g,) = torch.autograd.grad(loss * upstream, (z,))
-    return loss.detach(), g
+    """(value, gradient) of ``fn`` at a leaf copy of ``z``, for this file's upstream gradient."""
+    return value_and_grads(fn, z, upstream=upstream)
 
 
 def assert_close_to_ref(z, backend, rtol=2e-4):
     loss, g = value_and_grad(lambda x: decorrelation_loss(x, backend=backend), z)
-    rloss, rg = value_and_grad(ref64, z.double())
+    rloss, rg = value_and_grad(decor64, z.double())
     assert loss.shape == () and loss.dtype == z.dtype and g.dtype == z.dtype
     torch.testing.assert_close(loss.double().cpu(), rloss.cpu(), rtol=rtol, atol=1e-7)
     atol = rtol * max(rg.abs().max().item(), 1e-2)
@@ -102,7 +82,7 @@ def test_half_precision_matches_fp32_reference(backend, dtype, rtol):
     # the float64 reference runs on the half-rounded inputs; what remains is the output rounding
     z = make(24, 20, dtype=dtype)
     loss, g = value_and_grad(lambda x: decorrelation_loss(x, backend=backend), z, upstream=1.0)
-    rloss, rg = value_and_grad(ref64, z.double(), upstream=1.0)
+    rloss, rg = value_and_grad(decor64, z.double(), upstream=1.0)
     assert loss.dtype == dtype and g.dtype == dtype
     torch.testing.assert_close(loss.double(), rloss, rtol=rtol, atol=0)
     torch.testing.assert_close(g.double(), rg, rtol=rtol, atol=rtol * rg.abs().max().item())
@@ -128,16 +108,6 @@ def test_torch_compile_fullgraph(backend):
     z = make(10, 6)
     for got, want in zip(value_and_grad(compiled, z), value_and_grad(fn, z)):
         torch.testing.assert_close(got, want)
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_custom_ops(requires_grad):
-    z = make(7, 5).requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.fsrf.decorrelation_loss.default, (z, 1e-5))
-    if not requires_grad:
-        _, m, stats = torch.ops.fsrf.decorrelation_loss(z, 1e-5)
-        torch.library.opcheck(torch.ops.fsrf.decorrelation_loss_backward.default,
-                              (torch.tensor(0.7), z, m, stats))
 
 
 def _bad_cases():
@@ -171,4 +141,4 @@ def test_cuda_triton_matches_float64(shape):
     z = make(*shape, device="cuda")
     assert_close_to_ref(z, "triton", rtol=1e-3)
     fsrf.set_backend(None)
-    torch.testing.assert_close(decorrelation_loss(z).double().cpu(), ref64(z).cpu(), rtol=1e-3, atol=0)
+    torch.testing.assert_close(decorrelation_loss(z).double().cpu(), decor64(z).cpu(), rtol=1e-3, atol=0)

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import fsrf
-from fsrf import _extension
+from fsrf.runtime import extension as _extension
 
-LOADED = _extension.has_cpp()
-needs_ext = pytest.mark.skipif(not LOADED, reason=f"fsrf._C not loaded: {_extension.extension_error()}")
+from _helpers import HAS_CPP, requires_cpp
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
@@ -27,11 +26,11 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(os.environ.get("FSRF_REQUIRE_EXTENSION", "") != "1",
                     reason="FSRF_REQUIRE_EXTENSION is not 1 (CI sets it so a missing extension fails)")
 def test_extension_is_loaded_when_required():
-    assert LOADED, f"FSRF_REQUIRE_EXTENSION=1 but fsrf._C is not loaded: {_extension.extension_error()}"
+    assert HAS_CPP, f"FSRF_REQUIRE_EXTENSION=1 but fsrf._C is not loaded: {_extension.extension_error()}"
     assert fsrf.info()["ops"]["masked_cross_attention"]["cpu"] == "cpp"
 
 
-@needs_ext
+@requires_cpp
 def test_build_info_matches_installed_torch():
     cfg = _extension.build_config()
     assert set(cfg) >= {"torch", "torch_major", "torch_minor", "with_cuda", "openmp"}
@@ -45,7 +44,7 @@ def test_build_info_matches_installed_torch():
         assert json.load(fh)["torch"] == cfg["torch"]
 
 
-@needs_ext
+@requires_cpp
 def test_ops_registered_with_cpu_kernels():
     for name in ("fsrf::masked_cross_attention_fwd", "fsrf::masked_cross_attention_bwd"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
@@ -59,7 +58,7 @@ def test_without_extension_every_op_runs_on_torch():
         import warnings
         warnings.simplefilter("error")  # disabling on purpose must not warn
         import torch, fsrf
-        from fsrf import _extension
+        from fsrf.runtime import extension as _extension
         from fsrf.ops import IMPLEMENTED, masked_cross_attention
         from fsrf.nn import MaskedCrossModalAttention
         assert not _extension.has_cpp()
@@ -94,7 +93,7 @@ def test_broken_extension_warns_once_and_falls_back():
         import sys, warnings
         sys.modules["fsrf._C"] = None
         import torch, fsrf
-        from fsrf import _extension
+        from fsrf.runtime import extension as _extension
         from fsrf.ops import masked_cross_attention
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
@@ -112,7 +111,7 @@ def test_broken_extension_warns_once_and_falls_back():
     assert r.stderr.count("compiled kernels unavailable, using the PyTorch reference path") == 1, r.stderr
 
 
-@needs_ext
+@requires_cpp
 @pytest.mark.parametrize("order", ["python_op_first", "extension_first"])
 def test_python_custom_op_shares_the_fsrf_namespace(order):
     """Other fsrf ops are torch.library.custom_op("fsrf::...") fragments of the namespace that
@@ -135,7 +134,7 @@ def test_python_custom_op_shares_the_fsrf_namespace(order):
         else:
             import fsrf.ops
             define()
-        from fsrf import _extension
+        from fsrf.runtime import extension as _extension
         assert _extension.has_cpp(), _extension.extension_error()
         x = torch.randn(3)
         assert torch.equal(torch.ops.fsrf._probe_namespace(x), x * 2)

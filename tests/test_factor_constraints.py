@@ -3,9 +3,6 @@ independent float64 loop over the terms on boolean-selected rows; masks, the one
 guarantee of the Triton path, multi-tile kernels, torch.compile, opcheck and input validation."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -14,53 +11,10 @@ import fsrf
 from fsrf.kernels import _gram
 from fsrf.ops import decorrelation_loss, factor_constraints, orthogonality_loss
 
+from _helpers import compile_for_sm90, requires_cuda, terms64
+
 BACKENDS = ["torch", "triton"]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on a loaded 2-core runner (tens of times slower)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-# --- independent float64 definitions (boolean row selection, straightforward formulas) ------------
-def orth64(a, b, detach_norm=True, eps=1e-6):
-    ca, cb = a - a.mean(0), b - b.mean(0)
-    na, nb = ca.pow(2).sum(1, keepdim=True).sqrt(), cb.pow(2).sum(1, keepdim=True).sqrt()
-    if detach_norm:
-        na, nb = na.detach(), nb.detach()
-    m = (ca / (na + eps)).T @ (cb / (nb + eps))
-    return m.pow(2).mean()
-
-
-def decor64(z, eps=1e-5):
-    n, d = z.shape
-    if d < 2:
-        return z.sum() * 0.0
-    zc = z - z.mean(0)
-    zs = zc / (zc.pow(2).mean(0) + eps).sqrt()
-    c = zs.T @ zs / n
-    return c[~torch.eye(d, dtype=torch.bool)].pow(2).sum() / (d * (d - 1))
-
-
-def terms64(factors, pairs, decor, masks=None, detach_norm=True):
-    """One float64 loss per term; a term over fewer than two selected rows is 0."""
-    n = factors[0].shape[0]
-    full = torch.ones(n, dtype=torch.bool)
-    masks = [full if m is None else m for m in (masks or [None] * len(factors))]
-    out = []
-    for i, j in pairs:
-        rows = masks[i] & masks[j]
-        out.append(orth64(factors[i][rows], factors[j][rows], detach_norm) if rows.sum() >= 2
-                   else factors[i].sum() * 0.0)
-    for i in decor:
-        rows = masks[i]
-        out.append(decor64(factors[i][rows]) if rows.sum() >= 2 else factors[i].sum() * 0.0)
-    return torch.stack(out)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fsrf_plan(m):
@@ -252,17 +206,26 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(x, y)
 
 
-def test_opcheck_custom_ops():
-    # with masks: the unmasked (None) schema path runs in the compile test and everywhere else
+# the grouped case with masks, and the one-term calls that orthogonality_loss and
+# decorrelation_loss make (the unmasked None-schema path also runs in the compile tests)
+_OPCHECK_CASES = {
+    "grouped, masked": ([4, 5, 3], [0, 2, 1, 1, 0, 0], True),
+    "orthogonality_loss": ([4, 5], [0, 0, 1], False),
+    "decorrelation_loss": ([5], [1, 0, 0], False),
+}
+
+
+@pytest.mark.parametrize("case", list(_OPCHECK_CASES))
+def test_opcheck_custom_ops(case):
+    widths, terms, masked = _OPCHECK_CASES[case]
     n = 6
-    factors = [f.requires_grad_(True) for f in make(n, [4, 5, 3])]
-    masks = torch.rand(3, n) < 0.8
-    terms = [0, 2, 1, 1, 0, 0]     # (kind, i, j) triples: orthogonality of (2, 1), decorrelation of 0
+    factors = [f.requires_grad_(True) for f in make(n, widths)]
+    masks = (torch.rand(len(widths), n) < 0.8) if masked else None
     args = (factors, terms, masks, False, 1e-6, 1e-5)
     torch.library.opcheck(torch.ops.fsrf.factor_constraints.default, args)
     _, packed, m, stats = (t.detach() for t in torch.ops.fsrf.factor_constraints(*args))
     torch.library.opcheck(torch.ops.fsrf.factor_constraints_backward.default,
-                          (torch.rand(2), packed, m, stats, masks, [4, 5, 3], terms, True, 1e-6))
+                          (torch.rand(len(terms) // 3), packed, m, stats, masks, widths, terms, True, 1e-6))
 
 
 # --- bad inputs ------------------------------------------------------------------------------------------
@@ -311,10 +274,7 @@ def test_float64_runs_on_the_reference():
 
 
 # --- offline sm_90 compile check --------------------------------------------------------------------
-_COMPILE_CHECK = textwrap.dedent("""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+_SM90_KERNELS = """
     import torch
     from fsrf.kernels import _gram as G
 
@@ -332,8 +292,7 @@ _COMPILE_CHECK = textwrap.dedent("""
                 sig[name] = "*" + dt
             else:
                 sig[name] = P.get(name, "i32")
-        k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": nw})
+        k = compile_sm90(kern, sig, consts, num_warps=nw)
         assert k.asm["cubin"] and k.metadata.shared <= 232448, (kern.fn.__name__, k.metadata.shared)
     f = dict(BN=bk.bn_fwd, BD=bk.bd_fwd)
     b = dict(BN=bk.bn_bwd, BD=bk.bd_bwd)
@@ -344,22 +303,16 @@ _COMPILE_CHECK = textwrap.dedent("""
     build(G._bwd_kernel, "fp32", bk.warps_bwd, HAS_MASK=True, DETACH=False, DOT_PREC="ieee", **b)
     build(G._bwd_kernel, "fp16", bk.warps_bwd, HAS_MASK=False, DETACH=True, DOT_PREC="tf32", **b)
     build(G._reduce_kernel, "bf16", 4, HAS_MASK=True, **b)
-    print("compiled ok")
-""")
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("FSRF_SM90_CHECK") != "1",
                     reason="opt-in (1-2 min on 2 cores): set FSRF_SM90_CHECK=1 to compile the Triton kernels for sm_90")
 def test_kernels_compile_for_sm90():
-    """The interpreter accepts code the GPU compiler rejects: compile every kernel to an sm_90 cubin
-    at the GPU block sizes, and check that its shared memory fits an H100 SM."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], capture_output=True, text=True, env=env,
-                         timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "compiled ok" in out.stdout
+    """Every kernel compiles to an sm_90 cubin at the GPU block sizes, and its shared memory fits an
+    H100 SM."""
+    compile_for_sm90(_SM90_KERNELS, timeout=900)
 
 
 # --- GPU -------------------------------------------------------------------------------------------------

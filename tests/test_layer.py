@@ -1,6 +1,5 @@
 """FSRFLayer: shapes, missing modalities, losses, recovery, ablations, bad input."""
 
-import math
 
 import pytest
 import torch

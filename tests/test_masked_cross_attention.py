@@ -1,7 +1,7 @@
 """Tests of fsrf.ops.masked_cross_attention (cpp and torch backends on CPU; cuda when present).
 
-Everything is checked against an independent float64 formula (``naive``): per sample, gather the
-observed keys and run a plain softmax — no -inf masking, no online softmax, no lse.
+Everything is checked against an independent float64 formula (``_helpers.attention64``): per
+sample, gather the observed keys and run a plain softmax — no -inf masking, no online softmax.
 """
 
 import importlib
@@ -17,34 +17,15 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 import fsrf
-from fsrf import _extension
 from fsrf.ops import masked_cross_attention as mca
 from fsrf.reference.masked_cross_attention import masked_cross_attention as reference
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
+from _helpers import attention64, requires_cpp, requires_cuda
 
 # fsrf.ops re-exports the function under the module's name, so fetch the module itself.
 mca_module = importlib.import_module("fsrf.ops.masked_cross_attention")
 
-HAS_CPP = _extension.has_cpp()
-needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"fsrf._C not loaded: {_extension.extension_error()}")
-BACKENDS = [pytest.param("cpp", marks=needs_cpp), "torch"]
-
-
-def naive(q, k, v, mask, scale=None):
-    """Float64 attention computed sample by sample over the gathered observed keys."""
-    q, k, v = (x.double() for x in (q, k, v))
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    outs = []
-    for b in range(q.shape[0]):
-        idx = torch.arange(k.shape[2]) if mask is None else mask[b].nonzero().flatten()
-        if idx.numel() == 0:
-            outs.append(q[b] * 0.0)  # no key: output 0, gradient 0
-            continue
-        kb, vb = k[b][:, idx], v[b][:, idx]
-        p = torch.softmax(q[b] @ kb.transpose(-1, -2) * scale, dim=-1)
-        outs.append(p @ vb)
-    return torch.stack(outs)
+BACKENDS = [pytest.param("cpp", marks=requires_cpp), "torch"]
 
 
 def make(B, H, Tq, Tk, Dh, dtype=torch.float32, mask="random", requires_grad=True, device="cpu"):
@@ -89,7 +70,7 @@ def test_values_and_grads_match_float64(backend, dtype, shape, mask):
     assert out.shape == q.shape and out.dtype == dtype
     got = grads(out, (q, k, v), g)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref = naive(q64, k64, v64, m)
+    ref = attention64(q64, k64, v64, m)
     want = grads(ref, (q64, k64, v64), g.double())
     tol = dict(atol=1e-11, rtol=1e-9) if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-4)
     torch.testing.assert_close(out.double(), ref, **tol)
@@ -114,7 +95,7 @@ def test_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda a, b, c: mca(a, b, c, None, scale=0.7, backend=backend), (q, k, v))
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("seed", range(4))
 def test_cpp_and_torch_backends_agree_on_random_shapes(seed):
     gen = torch.Generator().manual_seed(seed)
@@ -144,7 +125,7 @@ def test_matches_sdpa_on_rows_with_keys(backend):
     torch.testing.assert_close(a[2][live], b[2][live], atol=1e-12, rtol=1e-10)
 
 
-@needs_cpp
+@requires_cpp
 def test_lse_contract():
     """lse = log-sum-exp of the scaled observed scores (float32), +inf on fully masked rows."""
     q, k, v, m = make(3, 2, 6, 9, 4, dtype=torch.float64, requires_grad=False)
@@ -157,7 +138,7 @@ def test_lse_contract():
     assert out.is_contiguous()
 
 
-@needs_cpp
+@requires_cpp
 def test_nan_in_masked_keys_does_not_leak():
     # Masked keys are skipped, never multiplied by 0, so garbage there cannot poison the result
     # (unlike SDPA, pytorch/pytorch#101967). The public op's finite check would reject NaN, so
@@ -178,7 +159,7 @@ def test_non_contiguous_inputs(backend):
     # (B, T, H, Dh) storage viewed as (B, H, T, Dh), as MultiheadAttention-style projections give.
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     assert not qt.is_contiguous()
-    torch.testing.assert_close(mca(qt, kt, vt, m, backend=backend), naive(q, k, v, m).float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mca(qt, kt, vt, m, backend=backend), attention64(q, k, v, m).float(), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -198,7 +179,7 @@ def test_any_finite_scale(backend, scale):
     g = torch.randn_like(q)
     out = mca(q, k, v, m, scale=scale, backend=backend)
     q64, k64, v64 = (x.detach().requires_grad_() for x in (q, k, v))
-    ref = naive(q64, k64, v64, m, scale=scale)
+    ref = attention64(q64, k64, v64, m, scale=scale)
     torch.testing.assert_close(out, ref, atol=1e-11, rtol=1e-9)
     for a, b in zip(grads(out, (q, k, v), g), grads(ref, (q64, k64, v64), g)):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
@@ -212,7 +193,7 @@ def test_empty_batch(backend):
     assert torch.autograd.grad(out.sum(), q)[0].shape == q.shape
 
 
-@needs_cpp
+@requires_cpp
 def test_deterministic():
     q, k, v, m = make(3, 4, 70, 300, 32)
     g = torch.randn_like(q)
@@ -225,7 +206,7 @@ def test_deterministic():
 
 def test_default_scale_is_inverse_sqrt_dh():
     q, k, v, m = make(2, 1, 4, 5, 9, dtype=torch.float64, requires_grad=False)
-    torch.testing.assert_close(mca(q, k, v, m), naive(q, k, v, m, scale=1 / 3))
+    torch.testing.assert_close(mca(q, k, v, m), attention64(q, k, v, m, scale=1 / 3))
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +222,7 @@ def test_low_precision_flash_rule(backend, dtype, shape):
     q, k, v, m = make(*shape, dtype=dtype)
     g = torch.randn_like(q)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref = naive(q64, k64, v64, m)
+    ref = attention64(q64, k64, v64, m)
     ref_g = grads(ref, (q64, k64, v64), g.double())
     pt = reference(q, k, v, m, upcast=False)  # plain PyTorch in the low-precision dtype
     pt_g = grads(pt, (q, k, v), g)
@@ -274,13 +255,13 @@ def _opcheck_samples():
     return out
 
 
-@needs_cpp
+@requires_cpp
 def test_opcheck_forward():
     for args in _opcheck_samples():
         opcheck(torch.ops.fsrf.masked_cross_attention_fwd.default, args)
 
 
-@needs_cpp
+@requires_cpp
 def test_opcheck_backward():
     for q, k, v, m, scale in _opcheck_samples():
         q, k, v = q.detach(), k.detach(), v.detach()
@@ -289,7 +270,7 @@ def test_opcheck_backward():
                 (torch.randn_like(out), q, k, v, m, out, lse, scale))
 
 
-@needs_cpp
+@requires_cpp
 def test_lse_is_not_differentiable():
     q, k, v, m = make(2, 1, 3, 4, 4)
     _, lse = torch.ops.fsrf.masked_cross_attention_fwd(q, k, v, m, 0.5)
@@ -339,7 +320,7 @@ def test_set_backend_torch_routes_to_reference(monkeypatch):
     assert len(calls) == 2
 
 
-@needs_cpp
+@requires_cpp
 def test_auto_uses_the_extension_on_cpu(monkeypatch):
     calls = _spy_reference(monkeypatch)
     q, k, v, m = make(2, 1, 3, 4, 4)
@@ -381,7 +362,7 @@ def test_unavailable_backend_is_an_error():
 def test_cuda_backend_matches_float64():
     q, k, v, m = make(3, 2, 70, 300, 64, device="cuda")
     out = mca(q, k, v, m, backend="cuda")
-    torch.testing.assert_close(out.double().cpu(), naive(q.cpu(), k.cpu(), v.cpu(), m.cpu()), atol=2e-5, rtol=2e-4)
+    torch.testing.assert_close(out.double().cpu(), attention64(q.cpu(), k.cpu(), v.cpu(), m.cpu()), atol=2e-5, rtol=2e-4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,7 +423,7 @@ def test_non_finite_input_is_reported():
         mca(a["q"], a["k"], a["v"], a["key_mask"])
 
 
-@needs_cpp
+@requires_cpp
 def test_registered_op_checks_inputs():
     q, k, v, m = make(2, 3, 4, 5, 8, requires_grad=False)
     with pytest.raises(RuntimeError, match=r"key_mask must be \(B, Tk\)"):
@@ -457,7 +438,7 @@ def test_registered_op_checks_inputs():
 # Memory: the fused kernel's footprint grows linearly in the sequence length
 # --------------------------------------------------------------------------------------------
 
-@needs_cpp
+@requires_cpp
 def test_memory_grows_linearly_in_sequence_length():
     # Peak resident memory of forward+backward, measured in a fresh process. glibc keeps freed
     # memory resident, which would hide a call's allocations, so the child returns it to the
@@ -526,7 +507,7 @@ def _cpu_flags():
     return None
 
 
-@needs_cpp
+@requires_cpp
 def test_avx2_kernels_used_when_the_cpu_has_them():
     flags = _cpu_flags()
     if flags is None:
@@ -540,12 +521,13 @@ def test_avx2_kernels_used_when_the_cpu_has_them():
         assert isa == "baseline"
 
 
-@needs_cpp
+@requires_cpp
 def test_baseline_isa_kernels_match_float64():
     code = textwrap.dedent("""
         import sys, torch
         sys.path.insert(0, sys.argv[1])
-        from test_masked_cross_attention import make, naive, grads
+        from _helpers import attention64
+        from test_masked_cross_attention import make, grads
         from fsrf.ops import masked_cross_attention as mca
         assert torch.ops.fsrf._masked_cross_attention_cpu_isa() == "baseline"
         torch.manual_seed(0)
@@ -555,7 +537,7 @@ def test_baseline_isa_kernels_match_float64():
                 g = torch.randn_like(q)
                 out = mca(q, k, v, m, backend="cpp")
                 q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-                ref = naive(q64, k64, v64, m)
+                ref = attention64(q64, k64, v64, m)
                 torch.testing.assert_close(out.double(), ref, atol=tol, rtol=10 * tol)
                 for a, b in zip(grads(out, (q, k, v), g), grads(ref, (q64, k64, v64), g.double())):
                     torch.testing.assert_close(a.double(), b, atol=tol, rtol=10 * tol)

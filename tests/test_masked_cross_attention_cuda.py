@@ -1,11 +1,11 @@
 """Tests of the CUDA kernels of masked cross-attention (csrc/masked_cross_attention_*cuda*).
 
-Two halves, both against float64 formulas written here (independent of fsrf.reference):
+Two halves, both against the float64 formula of _helpers.py (independent of fsrf.reference):
 
 * CPU, always run where a C++20 compiler is available: the device code of
   ``csrc/masked_cross_attention_cuda.cuh`` (CUDA-core kernels) and
   ``csrc/masked_cross_attention_wmma_cuda.cuh`` (tensor-core kernels) runs under the host
-  emulation of the CUDA execution model in ``tests/cuda_emu`` (each CUDA thread a user-level
+  emulation of the CUDA execution model in ``tests/cpp/cuda_emu`` (each CUDA thread a user-level
   context; barriers, warp shuffles, atomics and WMMA fragments emulated; divergent or deadlocking
   barriers and misaligned WMMA tiles fail; threads run in ascending, descending or random order
   between barriers and shared memory starts as NaN, so a missing barrier or a read of an
@@ -29,39 +29,21 @@ import pytest
 import torch
 
 import fsrf
-from fsrf import _extension, backend as fsrf_backend
+from fsrf.runtime import backend as fsrf_backend, extension as _extension
+
+from _helpers import CUDA_MARKS, attention64_with_lse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-HAS_CUDA = torch.cuda.is_available()
 
 
 # --------------------------------------------------------------------------------------------
-# float64 reference
+# references
 # --------------------------------------------------------------------------------------------
-
-def ref_attention(q, k, v, mask, scale):
-    """float64 attention with the FlashAttention convention for samples without observed keys.
-
-    Returns (out, lse). Scores of masked keys are -inf; a sample with no observed key gets
-    output 0 and lse = +inf, and (through the multiplication by 0) zero gradients.
-    """
-    q, k, v = q.double(), k.double(), v.double()
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    B, Tk = q.shape[0], k.shape[2]
-    m = torch.ones(B, Tk, dtype=torch.bool, device=q.device) if mask is None else mask
-    has = m.any(-1)
-    # Samples with no key use all keys (finite, NaN-free softmax) and are multiplied by 0.
-    eff = m | ~has[:, None]
-    s = s.masked_fill(~eff[:, None, None, :], float("-inf"))
-    out = torch.matmul(torch.softmax(s, -1), v) * has[:, None, None, None].double()
-    lse = torch.logsumexp(s, -1)
-    lse = torch.where(has[:, None, None], lse, torch.full_like(lse, float("inf")))
-    return out, lse
-
 
 def ref_plain(q, k, v, mask, scale):
-    """The same formula run in the inputs' own dtype (the "plain PyTorch" of the tolerance rule)."""
+    """Masked attention in the inputs' own dtype, batched with -inf scores for missing keys: the
+    "plain PyTorch" of the tolerance rule, whose own rounding error bounds the kernels'."""
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     B, Tk = q.shape[0], k.shape[2]
     m = torch.ones(B, Tk, dtype=torch.bool, device=q.device) if mask is None else mask
@@ -70,13 +52,15 @@ def ref_plain(q, k, v, mask, scale):
     return torch.matmul(torch.softmax(s, -1), v) * has[:, None, None, None].to(q.dtype)
 
 
-def ref_with_grads(q, k, v, mask, scale, dout, fn=ref_attention):
-    """(out, lse or None, dq, dk, dv) of ``fn`` for upstream gradient ``dout``."""
-    dt = torch.float64 if fn is ref_attention else q.dtype
+def ref_with_grads(q, k, v, mask, scale, dout, fn=attention64_with_lse):
+    """(out, lse or None, dq, dk, dv) of ``fn`` for upstream gradient ``dout``; keys and values
+    that no sample observes get zero gradients."""
+    dt = torch.float64 if fn is attention64_with_lse else q.dtype
     qq, kk, vv = (x.detach().to(dt).requires_grad_() for x in (q, k, v))
     res = fn(qq, kk, vv, mask, scale)
     out, lse = res if isinstance(res, tuple) else (res, None)
-    g = torch.autograd.grad(out, (qq, kk, vv), dout.to(dt))
+    g = torch.autograd.grad(out, (qq, kk, vv), dout.to(dt), allow_unused=True)
+    g = [torch.zeros_like(x) if r is None else r for x, r in zip((qq, kk, vv), g)]
     return (out.detach(), None if lse is None else lse.detach(), *g)
 
 
@@ -131,7 +115,7 @@ def assert_exactly_zero_for_empty_samples(mask, out, lse, dq, dk, dv):
 # CPU: the kernels under the host emulation of CUDA
 # --------------------------------------------------------------------------------------------
 
-EMU_SRC = os.path.join(HERE, "cuda_emu", "mca_emu.cpp")
+EMU_SRC = os.path.join(HERE, "cpp", "cuda_emu", "mca_emu.cpp")
 CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 H100_SMEM = 232448   # opt-in shared memory per block on sm_90 (227 KB)
 SMALL_SMEM = 101376  # sm_86/sm_89 (99 KB): forces 32x32 tiles where 64x64 ones do not fit
@@ -320,7 +304,6 @@ def test_emulated_tile_choice_follows_shared_memory(emu_exe):
 # GPU: the compiled extension
 # --------------------------------------------------------------------------------------------
 
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 HAS_KERNELS = _extension.has_cuda_kernels()
 needs_kernels = pytest.mark.skipif(
     not HAS_KERNELS, reason=f"fsrf._C has no CUDA kernels ({_extension.extension_error() or 'built without CUDA'})")
@@ -348,7 +331,7 @@ GPU_SHAPES = [
 
 def _gpu(f):
     """Marks a test `gpu` and skips it without a CUDA device or without compiled CUDA kernels."""
-    for m in gpu + [needs_kernels]:
+    for m in CUDA_MARKS + [needs_kernels]:
         f = m(f)
     return f
 
@@ -609,14 +592,12 @@ def test_gpu_kernel_rejects_bad_inputs_clearly():
         torch.ops.fsrf.masked_cross_attention_bwd(q, q, k, v, mask, q, q[..., 0].double(), 0.1)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@needs_kernels
+@_gpu
 def test_auto_falls_back_for_head_dims_beyond_the_cuda_kernels():
     q, k, v = (torch.randn(2, 2, 9, 160, device="cuda") for _ in range(3))
     mask = torch.rand(2, 9, device="cuda") > 0.3
     out = fsrf.ops.masked_cross_attention(q, k, v, mask)  # auto -> torch reference for Dh = 160
-    ref, _ = ref_attention(q, k, v, mask, 160 ** -0.5)
+    ref = attention64_with_lse(q, k, v, mask, 160 ** -0.5)[0]
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="head dims up to 128"):
         fsrf.ops.masked_cross_attention(q, k, v, mask, backend="cuda")

@@ -6,7 +6,7 @@ import torch
 
 from fsrf import missing
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
+from _helpers import requires_cuda
 
 
 def _arrays(n=64, seed=0, L=(12, 20, 16), D=(6, 4, 5), ids=False):

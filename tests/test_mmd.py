@@ -5,9 +5,6 @@ precision, torch.compile, opcheck, linear memory of the torch backend, input val
 compile check of the Triton kernels for sm_90 (no GPU needed)."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,29 +13,9 @@ import fsrf
 from fsrf.ops import mmd
 from fsrf.reference import mmd as ref_mmd
 
+from _helpers import compile_for_sm90, mmd64, requires_cuda, value_and_grads, without_cuda
+
 BACKENDS = ["torch", "triton"]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
-
-
-def ref64(x, y, num_kernels=5, kernel_mul=2.0, bandwidths=None, unbiased=False):
-    """The definition in float64 with full matrices: pairwise differences, mean over i ≠ j."""
-    x, y = x.double(), y.double()
-    u = torch.cat([x, y])
-    n = u.shape[0]
-    D = ((u[:, None, :] - u[None, :, :]) ** 2).sum(-1)
-    sigma2 = (D.sum() / (n * n - n)).detach()
-    if bandwidths is None:
-        hs = [sigma2 * kernel_mul ** (k - num_kernels // 2) for k in range(num_kernels)]
-    else:
-        hs = [float(b) for b in bandwidths]
-    K = sum(torch.exp(-D / h) for h in hs)
-    N = x.shape[0]
-    Kxx, Kyy, Kxy = K[:N, :N], K[N:, N:], K[:N, N:]
-    if unbiased:
-        M = y.shape[0]
-        return ((Kxx.sum() - Kxx.diagonal().sum()) / (N * (N - 1))
-                + (Kyy.sum() - Kyy.diagonal().sum()) / (M * (M - 1)) - 2 * Kxy.mean())
-    return Kxx.mean() + Kyy.mean() - 2 * Kxy.mean()
 
 
 def make(N, M, d, dtype=torch.float32, shift=0.4, offset=0.0):
@@ -47,17 +24,9 @@ def make(N, M, d, dtype=torch.float32, shift=0.4, offset=0.0):
     return x.to(dtype), y.to(dtype)
 
 
-def value_and_grads(fn, x, y, upstream=1.7):
-    x = x.detach().clone().requires_grad_(True)
-    y = y.detach().clone().requires_grad_(True)
-    loss = fn(x, y)
-    gx, gy = torch.autograd.grad(loss * upstream, (x, y))
-    return loss.detach(), gx, gy
-
-
 def check_against_ref(x, y, backend, rtol=1e-4, grad_rtol=1e-4, **kw):
     loss, gx, gy = value_and_grads(lambda a, b: mmd(a, b, backend=backend, **kw), x, y)
-    rl, rgx, rgy = value_and_grads(lambda a, b: ref64(a, b, **kw), x.double(), y.double())
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, **kw), x.double(), y.double())
     assert loss.shape == () and loss.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
     # MMD² is a difference of O(1) kernel means: absolute error relative to those means
     torch.testing.assert_close(loss.double(), rl, rtol=rtol, atol=rtol * 0.1)
@@ -96,7 +65,7 @@ def test_explicit_bandwidths(backend, as_tensor):
         loss, gx, gy = value_and_grads(lambda a, b: mmd(a, b, bandwidths=arg, unbiased=unbiased,
                                                         num_kernels=9, kernel_mul=7.0,  # ignored
                                                         backend=backend), x, y)
-        rl, rgx, rgy = value_and_grads(lambda a, b: ref64(a, b, bandwidths=bw, unbiased=unbiased),
+        rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, bandwidths=bw, unbiased=unbiased),
                                        x.double(), y.double())
         torch.testing.assert_close(loss.double(), rl, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(gx.double(), rgx, rtol=1e-4, atol=1e-4 * rgx.abs().max().item())
@@ -117,7 +86,7 @@ def test_mmd_of_a_sample_with_itself_is_zero(backend):
     assert gx.abs().max() < 1e-6 and gy.abs().max() < 1e-6
     # the unbiased estimate of identical samples is not 0 (it drops N of the N² self-pairs)
     ub = mmd(x, x, unbiased=True, backend=backend)
-    torch.testing.assert_close(ub.double(), ref64(x, x, unbiased=True), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ub.double(), mmd64(x, x, unbiased=True), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -173,7 +142,7 @@ def test_triton_multi_tile_paths(unbiased, squaring):
     loss = mmd_forward(x, y, inv_h, mean, unbiased, squaring, block=16, block_d=16)
     gx, gy = mmd_backward(torch.tensor(1.7), x, y, inv_h, mean, unbiased, squaring, block=16, block_d=16,
                           block_do=16)
-    rl, rgx, rgy = value_and_grads(lambda a, b: ref64(a, b, unbiased=unbiased, **kw), x.double(), y.double())
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, unbiased=unbiased, **kw), x.double(), y.double())
     torch.testing.assert_close(loss.double(), rl, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gx.double(), rgx, rtol=1e-4, atol=1e-4 * rgx.abs().max().item())
     torch.testing.assert_close(gy.double(), rgy, rtol=1e-4, atol=1e-4 * rgy.abs().max().item())
@@ -183,7 +152,7 @@ def test_torch_backend_chunks_match_one_chunk():
     # the chunked reference with tiny chunks (many ragged chunks) equals the float64 formula
     x, y = make(17, 12, 6)
     loss, gx, gy = value_and_grads(lambda a, b: ref_mmd.mmd(a, b, unbiased=True, chunk_bytes=700), x, y)
-    rl, rgx, rgy = value_and_grads(lambda a, b: ref64(a, b, unbiased=True), x.double(), y.double())
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, unbiased=True), x.double(), y.double())
     assert ref_mmd.chunk_rows(17, 17, 4, 700) < 17
     torch.testing.assert_close(loss.double(), rl, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gx.double(), rgx, rtol=1e-4, atol=1e-4 * rgx.abs().max().item())
@@ -198,7 +167,7 @@ def test_half_precision_against_fp32_reference(backend, dtype, tol):
     # the input dtype, so their error is its rounding (fp16 2e-3, bf16 1.6e-2 of the largest entry)
     x, y = make(12, 9, 10, dtype=dtype)
     loss, gx, gy = value_and_grads(lambda a, b: mmd(a, b, backend=backend), x, y)
-    rl, rgx, rgy = value_and_grads(lambda a, b: ref64(a, b), x.double(), y.double())
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b), x.double(), y.double())
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss.double(), rl, rtol=1e-4, atol=1e-5)
     for g, r in ((gx, rgx), (gy, rgy)):
@@ -218,7 +187,7 @@ def test_non_contiguous_inputs(backend):
     ly = by.clone().requires_grad_(True)
     loss = mmd(lx[:, 2:7], ly.T[3:8].T, unbiased=True, backend=backend)
     loss.backward()
-    rl, rgx, rgy = value_and_grads(lambda a, b: ref64(a, b, unbiased=True), x.double(), y.double(), upstream=1.0)
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, unbiased=True), x.double(), y.double(), upstream=1.0)
     torch.testing.assert_close(loss.double(), rl, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(lx.grad[:, 2:7].double(), rgx, rtol=1e-4, atol=1e-4 * rgx.abs().max().item())
     assert lx.grad[:, :2].abs().max() == 0
@@ -238,7 +207,7 @@ def test_gradcheck_float64(backend):
 
 def test_auto_backend_on_cpu_is_torch_and_matches():
     x, y = make(6, 5, 4)
-    assert fsrf.backend.resolve("mmd", "auto", "cpu", ("torch", "triton")) == "torch"
+    assert fsrf.runtime.backend.resolve("mmd", "auto", "cpu", ("torch", "triton")) == "torch"
     torch.testing.assert_close(mmd(x, y), mmd(x, y, backend="triton"), rtol=1e-5, atol=1e-6)
 
 
@@ -267,16 +236,6 @@ def test_opcheck():
 
 
 # -- memory of the torch backend --------------------------------------------------------------
-
-@pytest.fixture
-def one_thread():
-    """Many small chunked ops: with 2 intra-op threads on a busy shared machine each parallel
-    region can wait a scheduler slice for a descheduled thread (seen: 0.5 s vs 60 s)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 def _peak_extra_mib(fn):
     """Resident-set high-water mark added by ``fn()`` (Linux; large tensors are mmap-backed)."""
@@ -427,12 +386,8 @@ def test_bad_backend():
 
 # -- GPU / compiled kernels -------------------------------------------------------------------
 
-_COMPILE_CHECK = textwrap.dedent("""
-    import triton, triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+_SM90_KERNELS = """
     from fsrf.kernels.mmd import _FWD_CONFIGS, _BWD_CONFIGS, _mmd_bwd_kernel, _mmd_fwd_kernel
-    tgt = GPUTarget("cuda", 90, 32)
     for dt, prec, sq in (("fp32", "tf32x3", True), ("fp64", "ieee", False)):
         acc = tl.float64 if dt == "fp64" else tl.float32
         a = "*" + dt
@@ -441,32 +396,21 @@ _COMPILE_CHECK = textwrap.dedent("""
         ce = dict(base, **cfg.kwargs)
         sig = {"U": a, "SQ": a, "INVH": a, "PART": a, "N": "i32", "n": "i32", "d": "i32", "su": "i32"}
         sig.update({k: "constexpr" for k in ce})
-        triton.compile(ASTSource(fn=_mmd_fwd_kernel, signature=sig, constexprs=ce), target=tgt,
-                       options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        compile_sm90(_mmd_fwd_kernel, sig, ce, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         cfg = _BWD_CONFIGS[0]
         ce = dict(base, **cfg.kwargs)
         out = "*bf16" if dt == "fp32" else a
         sig = {"U": a, "SQ": a, "INVH": a, "GOUT": a, "DX": out, "DY": out, "N": "i32", "n": "i32",
                "d": "i32", "su": "i32", "sdx": "i32", "sdy": "i32"}
         sig.update({k: "constexpr" for k in ce})
-        triton.compile(ASTSource(fn=_mmd_bwd_kernel, signature=sig, constexprs=ce), target=tgt,
-                       options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
-    print("compiled ok")
-""")
+        compile_sm90(_mmd_bwd_kernel, sig, ce, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+"""
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests below run the real kernels")
+@without_cuda
 def test_kernels_compile_for_sm90():
-    """The interpreter accepts code the GPU compiler rejects: compile to sm_90 cubin offline."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], capture_output=True, text=True, env=env,
-                         timeout=300)
-    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr.lower():
-        pytest.skip("triton's bundled ptxas is missing: cannot compile offline")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "compiled ok" in out.stdout
+    """The forward and backward kernels compile to sm_90 cubins for float32 and float64 inputs."""
+    compile_for_sm90(_SM90_KERNELS)
 
 
 @requires_cuda

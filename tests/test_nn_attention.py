@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from fsrf import _extension
 from fsrf.nn import MaskedCrossModalAttention
 
-BACKENDS = [pytest.param("cpp", marks=pytest.mark.skipif(not _extension.has_cpp(), reason="fsrf._C not loaded")),
-            "torch"]
+from _helpers import requires_cpp
+
+BACKENDS = [pytest.param("cpp", marks=requires_cpp), "torch"]
 
 
 def inputs(B=4, Tq=6, Tk=9, E=16, kdim=16, vdim=16, dtype=torch.float64):

@@ -1,36 +1,17 @@
 """orthogonality_loss (MISA DiffLoss): torch and Triton backends against an independent float64
 formula, gradients included (both detach_norm semantics), special values, low precision,
-torch.compile, opcheck and input validation."""
+torch.compile and input validation (opcheck of the shared custom op: test_factor_constraints.py)."""
 
 import pytest
 import torch
 
 import fsrf
 from fsrf.ops import orthogonality_loss
+
+from _helpers import orth64, requires_cuda, value_and_grads
+
 BACKENDS = ["torch", "triton"]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on a loaded 2-core runner (tens of times slower)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def ref64(a, b, detach_norm=True, eps=1e-6):
-    """The definition, written out in float64: centre columns, divide rows by (norm + eps)."""
-    a, b = a.double(), b.double()
-    ca = a - a.mean(dim=0)
-    cb = b - b.mean(dim=0)
-    na = (ca * ca).sum(dim=1, keepdim=True).sqrt()
-    nb = (cb * cb).sum(dim=1, keepdim=True).sqrt()
-    if detach_norm:
-        na, nb = na.detach(), nb.detach()
-    m = (ca / (na + eps)).T @ (cb / (nb + eps))
-    return (m * m).sum() / (m.shape[0] * m.shape[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(n, d1, d2, dtype=torch.float32, device="cpu"):
@@ -40,18 +21,10 @@ def make(n, d1, d2, dtype=torch.float32, device="cpu"):
     return a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
 
 
-def value_and_grads(fn, a, b, upstream=1.7):
-    a = a.detach().clone().requires_grad_(True)
-    b = b.detach().clone().requires_grad_(True)
-    loss = fn(a, b)
-    ga, gb = torch.autograd.grad(loss * upstream, (a, b))
-    return loss.detach(), ga, gb
-
-
 def assert_close_to_ref(a, b, backend, detach_norm, rtol=2e-4, device="cpu"):
     loss, ga, gb = value_and_grads(
         lambda x, y: orthogonality_loss(x, y, detach_norm=detach_norm, backend=backend), a, b)
-    rloss, rga, rgb = value_and_grads(lambda x, y: ref64(x, y, detach_norm), a.double(), b.double())
+    rloss, rga, rgb = value_and_grads(lambda x, y: orth64(x, y, detach_norm), a.double(), b.double())
     assert loss.dtype == a.dtype and loss.shape == ()
     torch.testing.assert_close(loss.double().cpu(), rloss.cpu(), rtol=rtol, atol=1e-7)
     for g, r in ((ga, rga), (gb, rgb)):
@@ -80,7 +53,7 @@ def test_detach_norm_changes_the_gradient_not_the_value(backend):
     assert (gb1 - gb2).abs().max() > 1e-2 * gb1.abs().max()
     # and each one is the float64 autograd gradient of its own definition
     for det, ga in ((True, ga1), (False, ga2)):
-        _, rga, _ = value_and_grads(lambda x, y: ref64(x, y, det), a.double(), b.double())
+        _, rga, _ = value_and_grads(lambda x, y: orth64(x, y, det), a.double(), b.double())
         torch.testing.assert_close(ga.double(), rga, rtol=2e-4, atol=2e-4 * rga.abs().max().item())
 
 
@@ -119,7 +92,7 @@ def test_half_precision_matches_fp32_reference(backend, dtype, rtol):
     # (≈ 5e-4 fp16, 4e-3 bf16 relative; tolerance leaves room for TF32 dot products on GPU)
     a, b = make(16, 12, 20, dtype=dtype)
     loss, ga, gb = value_and_grads(lambda x, y: orthogonality_loss(x, y, backend=backend), a, b, upstream=1.0)
-    rloss, rga, rgb = value_and_grads(lambda x, y: ref64(x, y), a.double(), b.double(), upstream=1.0)
+    rloss, rga, rgb = value_and_grads(lambda x, y: orth64(x, y), a.double(), b.double(), upstream=1.0)
     assert loss.dtype == dtype and ga.dtype == dtype
     torch.testing.assert_close(loss.double(), rloss, rtol=rtol, atol=0)
     for g, r in ((ga, rga), (gb, rgb)):
@@ -157,18 +130,6 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(g, w)
 
 
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_custom_ops(requires_grad):
-    a, b = make(6, 4, 5)
-    a.requires_grad_(requires_grad)
-    b.requires_grad_(requires_grad)
-    torch.library.opcheck(torch.ops.fsrf.orthogonality_loss.default, (a, b, True, 1e-6))
-    if not requires_grad:
-        _, packed, m, stats = torch.ops.fsrf.orthogonality_loss(a, b, True, 1e-6)
-        torch.library.opcheck(torch.ops.fsrf.orthogonality_loss_backward.default,
-                              (torch.tensor(1.3), packed, m, stats, 4, False, 1e-6))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float64_auto_and_explicit(backend):
     a, b = make(6, 3, 4, dtype=torch.float64)
@@ -176,7 +137,7 @@ def test_float64_auto_and_explicit(backend):
         with pytest.raises(TypeError, match="float64"):
             orthogonality_loss(a, b, backend="triton")
     else:
-        torch.testing.assert_close(orthogonality_loss(a, b), ref64(a, b))
+        torch.testing.assert_close(orthogonality_loss(a, b), orth64(a, b))
 
 
 def _bad_cases():
@@ -214,4 +175,4 @@ def test_cuda_triton_matches_float64(detach_norm, shape):
     a, b = make(*shape, device="cuda")
     assert_close_to_ref(a, b, "triton", detach_norm, rtol=1e-3)
     fsrf.set_backend(None)
-    torch.testing.assert_close(orthogonality_loss(a, b).double().cpu(), ref64(a, b).cpu(), rtol=1e-3, atol=0)
+    torch.testing.assert_close(orthogonality_loss(a, b).double().cpu(), orth64(a, b).cpu(), rtol=1e-3, atol=0)

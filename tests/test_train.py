@@ -4,16 +4,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fsrf import FSRFConfig, cli
-from fsrf.checkpoint import load_checkpoint, save_checkpoint
+from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.data import load_mmsa, make_synthetic
-from fsrf.train import TrainSettings, fit, load_model
+from fsrf.training.fit import TrainSettings, fit, load_model
 
 TINY_DIMS = {"text": 16, "audio": 6, "vision": 5}
 TINY_LENS = {"text": 6, "audio": 6, "vision": 6}
@@ -46,7 +45,7 @@ def test_fit_writes_checkpoints_and_config(tiny_data, tmp_path):
     assert not model.training and ck_meta["seed"] == 7
     # the stored selection score is the validation MAE of the stored model, recomputed independently
     from fsrf.missing import corrupt_split
-    from fsrf.train import predict_split
+    from fsrf.training.fit import predict_split
     maes = []
     for r in (0.0, 0.5):
         sp = data.split("valid") if r == 0 else corrupt_split(data.split("valid"), rate=r, seed=1111)
@@ -199,18 +198,20 @@ class _nothing:
 
 
 def test_demo_runs_end_to_end(tmp_path, monkeypatch):
-    from fsrf import commands
+    from fsrf.training import run_demo
 
-    monkeypatch.setitem(commands.DEMO_QUICK, "n", (48, 16, 24))
-    monkeypatch.setitem(commands.DEMO_QUICK, "epochs", 1)
-    monkeypatch.setitem(commands.DEMO_QUICK, "d_model", 16)
-    res = commands.run_demo(tmp_path, quick=True, progress=False)
+    saved = os.umask(0o027)  # an unusual umask, so the check cannot pass by accident
+    try:
+        res = run_demo(tmp_path, quick=True, progress=False, spec={"n": (48, 16, 24), "epochs": 1, "d_model": 16})
+    finally:
+        os.umask(saved)
     assert set(res["models"]) == {"FSRF", "baseline (dhf, das off)"}
     for m in res["models"].values():
         assert list(m["mean"]["intra"]) == [f"{0.1 * i:.1f}" for i in range(10)]
         assert list(m["mean"]["inter"]) == ["l", "a", "v", "la", "lv", "av", "lav"]
-    for name in ("results.json", "results.csv", "robustness.png"):
+    for name in ("results.json", "results.csv", "robustness.png", "synthetic_mosei.pkl", "fsrf/best.pt"):
         assert (tmp_path / name).is_file()
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name  # 0o666 & ~umask, like open()
 
 
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):

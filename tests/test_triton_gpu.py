@@ -1,9 +1,10 @@
 """GPU tests of the compiled Triton kernels behind fsrf.ops (backend="triton" on CUDA tensors).
 
 The CPU CI runs these kernels only through Triton's interpreter (tests/test_<op>.py); here they
-are compiled for the GPU. Every value and gradient is compared with a float64 formula written in
-this file from the op's definition (issue 3), evaluated on the same inputs (low-precision inputs
-are rounded first, so the comparison measures the kernels' arithmetic, not the input rounding).
+are compiled for the GPU. Every value and gradient is compared with a float64 formula of
+_helpers.py, written from the op's definition and evaluated on the same inputs (low-precision
+inputs are rounded first, so the comparison measures the kernels' arithmetic, not the input
+rounding).
 All tests are marked ``gpu`` and skip without a CUDA device.
 
 Tolerances (max |error| / max |reference| unless said otherwise): float32 2e-4 (the kernels use
@@ -19,97 +20,17 @@ import pytest
 import torch
 
 import fsrf
-from fsrf import backend as fsrf_backend
+from fsrf.runtime import backend as fsrf_backend
 
-HAS_CUDA = torch.cuda.is_available()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+from _helpers import CUDA_MARKS, HAS_CUDA, decor64, kl64, mmd64_terms, orth64, terms64
 
+pytestmark = [*CUDA_MARKS]
 if HAS_CUDA and not fsrf_backend.available("triton", "cuda"):
     pytestmark.append(pytest.mark.skip(reason="triton is not installed"))
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 RTOL = {torch.float32: 2e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 DEV = "cuda"
-
-
-# --------------------------------------------------------------------------------------------
-# float64 references (from the definitions in issue 3)
-# --------------------------------------------------------------------------------------------
-
-def ref_orth(a, b, detach_norm=True, eps=1e-6):
-    """mean((Âᵀ B̂)²): columns centred over the batch, rows divided by (L2 norm + eps)."""
-    def norm_rows(x):
-        xc = x - x.mean(0, keepdim=True)
-        n = xc.norm(dim=1, keepdim=True)
-        return xc / ((n.detach() if detach_norm else n) + eps)
-    m = norm_rows(a).T @ norm_rows(b)
-    return (m * m).mean()
-
-
-def ref_decor(z, eps=1e-5):
-    """Σ_{i≠j} C_ij² / (d(d−1)), C = Zsᵀ Zs / N, Zs standardised with the biased variance."""
-    n, d = z.shape
-    zc = z - z.mean(0, keepdim=True)
-    zs = zc / torch.sqrt((zc * zc).mean(0, keepdim=True) + eps)
-    c = zs.T @ zs / n
-    off = c - torch.diag(torch.diagonal(c))
-    return (off * off).sum() / (d * (d - 1)) if d > 1 else (off * off).sum() * 0
-
-
-def ref_kl(s, t, temperature=1.0, symmetric=False, detach_target=True):
-    """T² · mean_rows Σ_c p_t (log p_t − log p_s), p = softmax(logits / T), plus the reverse if symmetric."""
-    ls = torch.log_softmax(s / temperature, -1)
-    lt = torch.log_softmax(t / temperature, -1)
-
-    def kl(target_log, pred_log):
-        tl_ = target_log.detach() if detach_target else target_log
-        return (tl_.exp() * (tl_ - pred_log)).sum(-1).mean()
-    loss = kl(lt, ls)
-    if symmetric:
-        loss = loss + kl(ls, lt)
-    return temperature ** 2 * loss
-
-
-def ref_mmd_terms(x, y, num_kernels=5, kernel_mul=2.0, bandwidths=None, unbiased=False):
-    """(mmd, scale): the multi-bandwidth Gaussian MMD and the size of its three terms."""
-    u = torch.cat([x, y])
-    n = u.shape[0]
-    d2 = torch.cdist(u, u).pow(2)
-    if bandwidths is None:
-        sigma2 = (d2.sum() / (n * n - n)).detach().clamp_min(1e-30)
-        hs = [sigma2 * kernel_mul ** (k - num_kernels // 2) for k in range(num_kernels)]
-    else:
-        hs = list(bandwidths)
-    kmat = sum(torch.exp(-d2 / h) for h in hs)
-    N = x.shape[0]
-    kxx, kyy, kxy = kmat[:N, :N], kmat[N:, N:], kmat[:N, N:]
-    if unbiased:
-        M = y.shape[0]
-        exx = (kxx.sum() - kxx.diagonal().sum()) / (N * (N - 1))
-        eyy = (kyy.sum() - kyy.diagonal().sum()) / (M * (M - 1))
-    else:
-        exx, eyy = kxx.mean(), kyy.mean()
-    exy = kxy.mean()
-    return exx + eyy - 2 * exy, (exx.abs() + eyy.abs() + 2 * exy.abs()).detach()
-
-
-def ref_factor_constraints(factors, pairs, decorrelate, masks=None):
-    masks = masks or [None] * len(factors)
-
-    def rows(*idx):
-        sel = torch.ones(factors[0].shape[0], dtype=torch.bool, device=factors[0].device)
-        for i in idx:
-            if masks[i] is not None:
-                sel = sel & masks[i]
-        return sel
-    terms = []
-    for i, j in pairs:
-        r = rows(i, j)
-        terms.append(ref_orth(factors[i][r], factors[j][r]) if r.sum() >= 2 else factors[i].sum() * 0)
-    for i in decorrelate:
-        r = rows(i)
-        terms.append(ref_decor(factors[i][r]) if r.sum() >= 2 else factors[i].sum() * 0)
-    return torch.stack(terms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +91,7 @@ def test_orthogonality(dtype, shape, detach_norm):
     b = (torch.randn(n, d2, device=DEV) + 0.3 * a[:, :1].float()).to(dtype)
     low, high = leaves(a, b)
     compare(lambda x, y: fsrf.ops.orthogonality_loss(x, y, detach_norm=detach_norm, backend="triton"),
-            lambda x, y: ref_orth(x, y, detach_norm=detach_norm), low, high, RTOL[dtype])
+            lambda x, y: orth64(x, y, detach_norm=detach_norm), low, high, RTOL[dtype])
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +104,7 @@ def test_decorrelation(dtype, shape):
     z = torch.randn(*shape, device=DEV)
     z[:, 1:] += 0.5 * z[:, :1]  # correlated columns: a loss well away from 0
     low, high = leaves(z.to(dtype))
-    compare(lambda x: fsrf.ops.decorrelation_loss(x, backend="triton"), ref_decor, low, high, RTOL[dtype])
+    compare(lambda x: fsrf.ops.decorrelation_loss(x, backend="triton"), decor64, low, high, RTOL[dtype])
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +124,7 @@ def test_kl_divergence(dtype, shape, temperature, symmetric, detach_target):
     low, high = leaves(s, t)
     kw = dict(temperature=temperature, symmetric=symmetric, detach_target=detach_target)
     compare(lambda a, b: fsrf.ops.kl_divergence(a, b, backend="triton", **kw),
-            lambda a, b: ref_kl(a, b, **kw), low, high, RTOL[dtype])
+            lambda a, b: kl64(a, b, **kw), low, high, RTOL[dtype])
 
 
 def test_kl_divergence_identical_inputs_is_zero():
@@ -227,10 +148,11 @@ def test_mmd(dtype, nm_d, kw):
     x = torch.randn(n, d, device=DEV).to(dtype)
     y = (1.2 * torch.randn(m, d, device=DEV) + 0.3).to(dtype)
     low, high = leaves(x, y)
-    _, scale = ref_mmd_terms(*high, **kw)
+    exx, eyy, exy = mmd64_terms(*high, **kw)
     # The estimate is a difference of three kernel means; its error is relative to their size.
+    scale = (exx.abs() + eyy.abs() + 2 * exy.abs()).detach()
     got = fsrf.ops.mmd(*low, backend="triton", **kw)
-    want, _ = ref_mmd_terms(*high, **kw)
+    want = exx + eyy - 2 * exy
     check("value", got, want, RTOL[dtype], scale)
     gl = torch.autograd.grad(got * 1.7, low)
     gh = torch.autograd.grad(want * 1.7, high)
@@ -284,7 +206,7 @@ def test_factor_constraints(dtype, with_masks):
     decor = [0, 2, 4, 5]
     low, high = leaves(*factors)
     got = fsrf.ops.factor_constraints(low, PAIRS, decor, masks=masks, backend="triton")
-    want = ref_factor_constraints(high, PAIRS, decor, masks=masks)
+    want = terms64(high, PAIRS, decor, masks=masks)
     assert got.shape == (len(PAIRS) + len(decor),)
     check("terms", got, want, RTOL[dtype])
     w = torch.linspace(0.5, 2.0, got.numel(), device=DEV)

@@ -5,6 +5,7 @@
   :class:`MMSASplit`, a ``torch.utils.data.Dataset`` to use with :func:`collate_mmsa` (or its
   :meth:`MMSASplit.batch`), giving ``{"inputs": {modality: (B, T, D)}, "masks": {modality:
   (B, T) bool}, "labels": (B,), "index": (B,)}``.
+* :func:`load_dataset` — :func:`load_mmsa` plus the dataset kind that picks the metrics.
 * :func:`describe` — print (and return) splits, sizes, dims, lengths, label ranges.
 * :func:`make_synthetic` — write a synthetic file with the MMSA schema (presets mosi/mosei/sims).
 * :class:`fsrf.data.bert.BertTextEncoder` — encode ``text_bert`` ids with a local BERT
@@ -13,13 +14,21 @@
 """
 
 from fsrf.data.dataset import MODALITIES, MMSASplit, collate_mmsa
-from fsrf.data.mmsa import (KNOWN_SHA256, SPLITS, MMSAChecksumWarning, MMSADataset, describe, load_mmsa,
-                            sha256_file)
+from fsrf.data.mmsa import (
+    KNOWN_SHA256,
+    SPLITS,
+    MMSAChecksumWarning,
+    MMSADataset,
+    describe,
+    load_dataset,
+    load_mmsa,
+    sha256_file,
+)
 from fsrf.data.safe_pickle import UnsafePickleError, safe_load
 from fsrf.data.synthetic import PRESETS, make_synthetic
 
-__all__ = ["load_mmsa", "MMSADataset", "MMSASplit", "collate_mmsa", "describe", "make_synthetic", "PRESETS",
-           "MODALITIES", "SPLITS", "KNOWN_SHA256", "MMSAChecksumWarning", "sha256_file", "safe_load",
+__all__ = ["load_mmsa", "load_dataset", "MMSADataset", "MMSASplit", "collate_mmsa", "describe", "make_synthetic",
+           "PRESETS", "MODALITIES", "SPLITS", "KNOWN_SHA256", "MMSAChecksumWarning", "sha256_file", "safe_load",
            "UnsafePickleError", "BertTextEncoder"]
 
 

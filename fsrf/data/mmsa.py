@@ -53,7 +53,7 @@ import numpy as np
 from fsrf.data.dataset import MODALITIES, MMSASplit
 from fsrf.data.safe_pickle import safe_load
 
-__all__ = ["KNOWN_SHA256", "MMSAChecksumWarning", "MMSADataset", "load_mmsa", "describe", "sha256_file",
+__all__ = ["KNOWN_SHA256", "MMSAChecksumWarning", "MMSADataset", "load_mmsa", "load_dataset", "describe", "sha256_file",
            "SPLITS", "TEXT_SOURCES"]
 
 SPLITS = ("train", "valid", "test")
@@ -426,6 +426,19 @@ def load_mmsa(path: str | os.PathLike, *, text: str = "features", check_sha256: 
 
 
 # ---------------------------------------------------------------------------------- describe
+def load_dataset(path: str | os.PathLike, dataset: str | None = None, **kwargs) -> tuple[MMSADataset, str]:
+    """:func:`load_mmsa` plus the dataset kind (``mosi``/``mosei``/``sims``) that picks the metrics.
+
+    ``dataset`` wins when given; otherwise the kind guessed from the file is used, and a file
+    whose kind cannot be told is a ``ValueError`` asking for it.
+    """
+    data = load_mmsa(path, **kwargs)
+    kind = dataset or data.dataset_kind
+    if kind is None:
+        raise ValueError(f"cannot tell which dataset {path} is; pass --dataset mosi|mosei|sims")
+    return data, kind
+
+
 def _stats(a: np.ndarray) -> dict[str, float]:
     if a.size == 0:
         return {"min": float("nan"), "mean": float("nan"), "max": float("nan")}

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from fsrf.runtime.io import atomic_write
 
 __all__ = ["PRESETS", "make_synthetic"]
 
@@ -287,37 +288,4 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
         offset += n
     data["config"] = {"generator": "fsrf.data.make_synthetic", "preset": preset, "seed": int(seed),
                       "aligned": bool(aligned), "sizes": sizes, "dims": dims_, "seq_lens": lens}
-    return _atomic_pickle(data, out_path)
-
-
-def _atomic_pickle(obj, path: Path) -> Path:
-    path = Path(os.fspath(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=4)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would (umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable too (POSIX; not possible on every platform)
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    return atomic_write(out_path, lambda fh: pickle.dump(data, fh, protocol=4))

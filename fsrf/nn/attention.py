@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsrf._checks import check_bool_mask, check_tensor
 from fsrf.ops.masked_cross_attention import masked_cross_attention
 from fsrf.reference.masked_cross_attention import masked_cross_attention_probs
+from fsrf.runtime.checks import check_bool_mask, check_tensor
 
 __all__ = ["MaskedCrossModalAttention"]
 

@@ -1,5 +1,9 @@
 """``factor_constraints``: all DHF orthogonality and decorrelation terms of a set of factors at once.
 
+This is the one Gram op of fsrf: :func:`fsrf.ops.orthogonality_loss` and
+:func:`fsrf.ops.decorrelation_loss` are one-term front ends of it (one custom-op registration,
+one kernel entry, :mod:`fsrf.kernels.factor_constraints`).
+
 FSRF (docs/FSRF_METHOD.md §2) constrains, per modality ``m``, the pairs ``(s_m, p_m)``,
 ``(s_m, n_m)``, ``(p_m, n_m)`` and all ``(p_m, p_m')``, and decorrelates ``s_m`` and ``p_m``; with
 three modalities that is 12 orthogonality and 6 decorrelation terms. On GPU the Triton backend
@@ -21,11 +25,14 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from fsrf import _checks
-from fsrf.ops.orthogonality import _check_eps, _check_flag, _pick_backend
+from fsrf.ops._common import check_flag, check_positive, resolve_low_precision
 from fsrf.reference import factor_constraints as _ref
+from fsrf.runtime import checks as _checks
 
-__all__ = ["factor_constraints"]
+__all__ = ["factor_constraints", "run_triton"]
+
+OP = "factor_constraints"
+IMPLEMENTED = ("torch", "triton")
 
 
 def _unflatten(terms: Sequence[int]) -> tuple[list[tuple[int, int]], list[int]]:
@@ -113,6 +120,20 @@ def _check_index(value, name: str, n_factors: int) -> int:
     return value
 
 
+def _check_eps(value, name: str) -> float:
+    return check_positive(value, name, "it keeps the normalisation finite", kind="a float")
+
+
+def run_triton(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int]], decorrelate: Sequence[int],
+               masks: Optional[Tensor], detach_norm: bool, orth_eps: float, decor_eps: float) -> Tensor:
+    """The grouped custom op on already validated arguments: (T,) losses, pairs first.
+
+    ``masks`` is ``None`` or an (F, N) bool tensor; at least one term must be given.
+    """
+    terms = [v for i, j in pairs for v in (0, i, j)] + [v for i in decorrelate for v in (1, i, i)]
+    return _fc_op(list(factors), terms, masks, detach_norm, orth_eps, decor_eps)[0]
+
+
 def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int]],
                        decorrelate: Sequence[int], *, masks: Optional[Sequence[Optional[Tensor]]] = None,
                        detach_norm: bool = True, orth_eps: float = 1e-6, decor_eps: float = 1e-5,
@@ -152,11 +173,11 @@ def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int
     nf = len(factors)
     if not isinstance(pairs, (list, tuple)):
         raise TypeError(f"pairs must be a list of (i, j) factor-index pairs; got {type(pairs).__name__}")
-    flat: list[int] = []
+    checked_pairs: list[tuple[int, int]] = []
     for k, pr in enumerate(pairs):
         if not isinstance(pr, (list, tuple)) or len(pr) != 2:
             raise ValueError(f"pairs[{k}] must be an (i, j) pair of factor indices; got {pr!r}")
-        flat += [_check_index(pr[0], f"pairs[{k}][0]", nf), _check_index(pr[1], f"pairs[{k}][1]", nf)]
+        checked_pairs.append((_check_index(pr[0], f"pairs[{k}][0]", nf), _check_index(pr[1], f"pairs[{k}][1]", nf)))
     if not isinstance(decorrelate, (list, tuple)):
         raise TypeError(f"decorrelate must be a list of factor indices; got {type(decorrelate).__name__}")
     decor = [_check_index(i, f"decorrelate[{k}]", nf) for k, i in enumerate(decorrelate)]
@@ -168,14 +189,14 @@ def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int
             raise ValueError(f"masks must have one entry per factor ({nf}); got {len(masks)}")
         mask_list = [None if m is None else _checks.check_bool_mask(m, f"masks[{i}]", (n,), factors[0].device)
                      for i, m in enumerate(masks)]
-    _check_flag(detach_norm, "detach_norm")
+    check_flag(detach_norm, "detach_norm")
     orth_eps = _check_eps(orth_eps, "orth_eps")
     decor_eps = _check_eps(decor_eps, "decor_eps")
     for i, f in enumerate(factors):
         _checks.check_finite(f, f"factors[{i}]")
-    chosen = _pick_backend("factor_constraints", backend, factors[0], "factors")
+    chosen = resolve_low_precision(OP, backend, factors[0], IMPLEMENTED, "factors")
 
-    if chosen == "triton" and (flat or decor):
+    if chosen == "triton" and (checked_pairs or decor):
         packed_masks = None
         if mask_list is not None and any(m is not None for m in mask_list):
             ones = None
@@ -187,10 +208,7 @@ def factor_constraints(factors: Sequence[Tensor], pairs: Sequence[Tuple[int, int
                     m = ones
                 rows.append(m)
             packed_masks = torch.stack(rows)
-        terms = [v for k in range(0, len(flat), 2) for v in (0, flat[k], flat[k + 1])]
-        terms += [v for i in decor for v in (1, i, i)]
-        return _fc_op(list(factors), terms, packed_masks, detach_norm, orth_eps, decor_eps)[0]
+        return run_triton(factors, checked_pairs, decor, packed_masks, detach_norm, orth_eps, decor_eps)
     # the reference (also for an empty term list: an empty result that stays in the graph)
-    pairs = [(flat[k], flat[k + 1]) for k in range(0, len(flat), 2)]
-    return _ref.factor_constraints(factors, pairs, decor, masks=mask_list,
+    return _ref.factor_constraints(factors, checked_pairs, decor, masks=mask_list,
                                    detach_norm=detach_norm, orth_eps=orth_eps, decor_eps=decor_eps)

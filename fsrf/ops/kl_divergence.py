@@ -10,19 +10,18 @@ one opaque node.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
 
-from fsrf import backend as _backend
-from fsrf._checks import check_finite, check_same, check_tensor
+from fsrf.ops._common import check_flag, check_positive
 from fsrf.reference import kl_divergence as _ref
+from fsrf.runtime import backend as _backend
+from fsrf.runtime.checks import check_finite, check_same, check_tensor
 
 __all__ = ["kl_divergence"]
 
-_IMPLEMENTED = ("torch", "triton")
+OP = "kl_divergence"
+IMPLEMENTED = ("torch", "triton")
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,12 +75,6 @@ _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
 # public op
 # --------------------------------------------------------------------------------------------
 
-def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
-    return value
-
-
 def _validate(student_logits, teacher_logits, temperature, symmetric, detach_target) -> None:
     for t, name in ((student_logits, "student_logits"), (teacher_logits, "teacher_logits")):
         check_tensor(t, name, floating=True)
@@ -95,12 +88,9 @@ def _validate(student_logits, teacher_logits, temperature, symmetric, detach_tar
         raise ValueError(f"teacher_logits must have the shape of student_logits "
                          f"{tuple(student_logits.shape)}; got {tuple(teacher_logits.shape)}")
     check_same({"student_logits": student_logits, "teacher_logits": teacher_logits})
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a real number; got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0; got {temperature}")
-    _check_flag(symmetric, "symmetric")
-    _check_flag(detach_target, "detach_target")
+    check_positive(temperature, "temperature")
+    check_flag(symmetric, "symmetric")
+    check_flag(detach_target, "detach_target")
     check_finite(student_logits, "student_logits")
     check_finite(teacher_logits, "teacher_logits")
 
@@ -120,7 +110,7 @@ def kl_divergence(student_logits: Tensor, teacher_logits: Tensor, *, temperature
         detach_target: no gradient into the target side of each direction: without
             ``symmetric`` the teacher gets none; with it, each input gets gradient only from the
             direction in which it is the prediction.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`fsrf.backend`).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`fsrf.runtime.backend`).
 
     Returns:
         A 0-dim tensor, float32 for float16 / bfloat16 / float32 inputs (computed in float32
@@ -135,7 +125,7 @@ def kl_divergence(student_logits: Tensor, teacher_logits: Tensor, *, temperature
             :func:`fsrf.set_check_finite`), an unavailable backend.
     """
     _validate(student_logits, teacher_logits, temperature, symmetric, detach_target)
-    be = _backend.resolve("kl_divergence", backend, student_logits.device, _IMPLEMENTED)
+    be = _backend.resolve(OP, backend, student_logits.device, IMPLEMENTED)
     if be == "triton":
         C = student_logits.shape[-1]
         grad_on = torch.is_grad_enabled()

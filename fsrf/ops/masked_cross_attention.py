@@ -22,16 +22,15 @@ import math
 
 import torch
 
-from fsrf import _extension
-from fsrf import backend as _backend
-from fsrf._checks import check_bool_mask, check_finite, check_same, check_tensor
 from fsrf.reference.masked_cross_attention import masked_cross_attention as _reference
+from fsrf.runtime import backend as _backend
+from fsrf.runtime import extension as _extension
+from fsrf.runtime.checks import check_bool_mask, check_finite, check_same, check_tensor
 
 __all__ = ["masked_cross_attention"]
 
-_OP = "masked_cross_attention"
-# Must agree with fsrf.ops.IMPLEMENTED (not imported from there: that package imports this module).
-_IMPLEMENTED = ("torch", "cpp", "cuda")
+OP = "masked_cross_attention"
+IMPLEMENTED = ("torch", "cpp", "cuda")
 _CUDA_MAX_HEAD_DIM = 128
 
 
@@ -85,7 +84,7 @@ def masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_finite(k, "k")
     check_finite(v, "v")
 
-    chosen = _backend.resolve(_OP, backend, q.device, _IMPLEMENTED)
+    chosen = _backend.resolve(OP, backend, q.device, IMPLEMENTED)
     if chosen == "cuda" and Dh > _CUDA_MAX_HEAD_DIM:
         if backend == "cuda":
             raise ValueError(f"backend 'cuda' supports head dims up to {_CUDA_MAX_HEAD_DIM}; got Dh = {Dh} "

@@ -10,19 +10,20 @@ memory), the latter registered as the custom ops ``fsrf::mmd`` and ``fsrf::mmd_b
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from fsrf import backend as _backend
-from fsrf._checks import check_finite, check_same, check_tensor, is_tracing
+from fsrf.ops._common import check_flag, check_int, check_positive, check_real
 from fsrf.reference import mmd as _ref
+from fsrf.runtime import backend as _backend
+from fsrf.runtime.checks import check_finite, check_same, check_tensor, is_tracing
 
 __all__ = ["mmd"]
 
-_IMPLEMENTED = ("torch", "triton")
+OP = "mmd"
+IMPLEMENTED = ("torch", "triton")
 
 
 def _squaring(bandwidths: Optional[Tensor], kernel_mul: float) -> bool:
@@ -88,12 +89,6 @@ _mmd_op.register_autograd(_mmd_autograd_backward, setup_context=_mmd_setup_conte
 # public op
 # --------------------------------------------------------------------------------------------
 
-def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
-    return float(value)
-
-
 def _validate_bandwidths(bandwidths, x: Tensor) -> Optional[Tensor]:
     """Check ``bandwidths`` and turn it into a (K,) tensor of the compute dtype on x's device.
 
@@ -121,7 +116,7 @@ def _validate_bandwidths(bandwidths, x: Tensor) -> Optional[Tensor]:
                         f"{type(bandwidths).__name__}")
     if len(bandwidths) == 0:
         raise ValueError("bandwidths must not be empty; pass None for the σ²-based default")
-    values = [_real(b, "bandwidths[%d]" % i) for i, b in enumerate(bandwidths)]
+    values = [check_real(b, "bandwidths[%d]" % i) for i, b in enumerate(bandwidths)]
     for i, b in enumerate(values):
         if not (math.isfinite(b) and b > 0):
             raise ValueError(f"bandwidths[{i}] must be a finite number > 0; got {b}")
@@ -138,15 +133,9 @@ def _validate(x, y, num_kernels, kernel_mul, unbiased) -> float:
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"y must have the feature dim d = {x.shape[1]} of x; got shape {tuple(y.shape)}")
     check_same({"x": x, "y": y})
-    if isinstance(num_kernels, bool) or not isinstance(num_kernels, numbers.Integral):
-        raise TypeError(f"num_kernels must be an int; got {type(num_kernels).__name__}")
-    if num_kernels < 1:
-        raise ValueError(f"num_kernels must be >= 1; got {num_kernels}")
-    kernel_mul = _real(kernel_mul, "kernel_mul")
-    if not (math.isfinite(kernel_mul) and kernel_mul > 0):
-        raise ValueError(f"kernel_mul must be a finite number > 0; got {kernel_mul}")
-    if not isinstance(unbiased, bool):
-        raise TypeError(f"unbiased must be a bool; got {type(unbiased).__name__}")
+    check_int(num_kernels, "num_kernels")
+    kernel_mul = check_positive(kernel_mul, "kernel_mul")
+    check_flag(unbiased, "unbiased")
     check_finite(x, "x")
     check_finite(y, "y")
     return kernel_mul
@@ -175,7 +164,7 @@ def mmd(x: Tensor, y: Tensor, *, num_kernels: int = 5, kernel_mul: float = 2.0,
             list/tuple of floats or a 1-D tensor on x's device (``num_kernels`` and
             ``kernel_mul`` are then ignored); no gradient flows into a tensor given here.
         unbiased: the unbiased U-statistic instead of the biased V-statistic.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`fsrf.backend`).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`fsrf.runtime.backend`).
 
     Returns:
         A 0-dim tensor: float32 for float16 / bfloat16 / float32 inputs (fp32 accumulation),
@@ -190,7 +179,7 @@ def mmd(x: Tensor, y: Tensor, *, num_kernels: int = 5, kernel_mul: float = 2.0,
     """
     kernel_mul = _validate(x, y, num_kernels, kernel_mul, unbiased)
     bw = _validate_bandwidths(bandwidths, x)
-    be = _backend.resolve("mmd", backend, x.device, _IMPLEMENTED)
+    be = _backend.resolve(OP, backend, x.device, IMPLEMENTED)
     if be == "triton":
         return torch.ops.fsrf.mmd(x, y, bw, int(num_kernels), kernel_mul, unbiased)
     return _ref.mmd(x, y, num_kernels=int(num_kernels), kernel_mul=kernel_mul, bandwidths=bw,

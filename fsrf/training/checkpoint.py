@@ -4,46 +4,23 @@ from elsewhere can never run code."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "resolve_checkpoints", "atomic_write_text", "FORMAT"]
+from fsrf.runtime.io import atomic_write
+
+__all__ = ["save_checkpoint", "load_checkpoint", "resolve_checkpoints", "FORMAT"]
 
 FORMAT = "fsrf-checkpoint-v1"
-
-
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file + fsync + rename (never a half-written file)."""
-    return _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """Atomically save a checkpoint dict (tensors, numbers, strings, lists, dicts only)."""
     obj = dict(obj)
     obj["format"] = FORMAT
-    return _atomic(Path(path), lambda fh: torch.save(obj, fh))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

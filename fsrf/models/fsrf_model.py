@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf.config import FSRFConfig
-from fsrf.layer import FSRFLayer, FSRFOutput
+from fsrf.nn.layer import FSRFLayer, FSRFOutput
 
 __all__ = ["FSRFModel"]
 

@@ -7,6 +7,7 @@ reference instead.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -23,7 +24,8 @@ _FIX = (
 
 
 def _read_build_config() -> dict[str, Any] | None:
-    path = os.path.join(os.path.dirname(__file__), "_build_config.json")
+    # written next to the compiled module, in the fsrf package folder (one level up)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_config.json")
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -58,7 +60,9 @@ def _load_uncached() -> tuple[Any, str | None]:
             f"installed. {_FIX}"
         )
     try:
-        from fsrf import _C  # noqa: F401  (registers the torch.ops.fsrf.* kernels)
+        # by name: the binary registers the torch.ops.fsrf.* kernels, and importing it does not
+        # run the Python package's __init__ again (nor make runtime depend on the layers above)
+        _C = importlib.import_module("fsrf._C")
     except ImportError as exc:
         if "No module named" in str(exc) and "fsrf._C" in str(exc):
             return None, f"fsrf._C is not built (installed without a compiler or with FSRF_NO_EXTENSION=1). {_FIX}"

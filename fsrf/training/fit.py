@@ -17,9 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fsrf.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from fsrf.config import FSRFConfig
-from fsrf.model import FSRFModel
+from fsrf.models import FSRFModel
+from fsrf.runtime.io import atomic_write_text
+from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainSettings", "fit", "load_model", "set_deterministic", "SELECTIONS"]
 

@@ -1,16 +1,11 @@
-"""Data subcommands of the ``fsrf`` command line: ``make-synthetic`` and ``describe``.
-
-Importing this module appends their sub-parser builders to :data:`fsrf.cli.COMMANDS`.
-"""
+"""Data commands: ``fsrf make-synthetic`` and ``fsrf describe``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from fsrf import cli
-
-__all__ = ["add_make_synthetic", "add_describe"]
+__all__ = ["add_parser"]
 
 
 def _cmd_make_synthetic(args: argparse.Namespace) -> int:
@@ -22,8 +17,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_make_synthetic(sub) -> None:
-    """Add ``fsrf make-synthetic`` (write a synthetic MMSA-format feature pickle)."""
+def _add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write a synthetic MMSA-format feature file (no real data needed)",
                        description="Write a synthetic feature pickle with the MMSA schema and the dims/lengths "
                                    "of the chosen dataset; labels depend on shared and modality-specific factors.")
@@ -52,8 +46,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_describe(sub) -> None:
-    """Add ``fsrf describe PATH`` (splits, sizes, dims, lengths, label ranges of a feature file)."""
+def _add_describe(sub) -> None:
     p = sub.add_parser("describe", help="summarise an MMSA feature file (splits, dims, lengths, labels)")
     p.add_argument("path", help="MMSA feature pickle (aligned_50.pkl, unaligned_50.pkl, unaligned_39.pkl, ...)")
     p.add_argument("--no-sha256", action="store_true", help="skip the SHA-256 check of published file names")
@@ -61,8 +54,8 @@ def add_describe(sub) -> None:
     p.set_defaults(func=_cmd_describe)
 
 
-# Register once, also when this module is re-imported or reloaded (new function objects).
-for _add in (add_make_synthetic, add_describe):
-    cli.COMMANDS[:] = [f for f in cli.COMMANDS
-                       if not (getattr(f, "__module__", None) == __name__ and f.__name__ == _add.__name__)]
-    cli.COMMANDS.append(_add)
+def add_parser(sub) -> None:
+    """Add ``fsrf make-synthetic`` (write a synthetic MMSA-format feature pickle) and
+    ``fsrf describe PATH`` (splits, sizes, dims, lengths, label ranges of a feature file)."""
+    _add_make_synthetic(sub)
+    _add_describe(sub)

@@ -1,115 +1,24 @@
-"""Robustness evaluation: MMSA metrics under intra-modal frame dropping and inter-modal patterns,
-aggregated over seeds, written as JSON / CSV and plotted."""
+"""Results of a robustness evaluation as files and tables: ``results.json``, ``results.csv``,
+``robustness.png`` (every file written atomically) and the plain-text table printed by the CLI.
+
+``results`` = ``{"models": {name: {"mean": {...}, "std": {...}, "per_seed": {...}}}, "meta": {...}}``
+with ``{kind: {condition: {metric: value}}}`` blocks (kind ``intra`` or ``inter``).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from fsrf.checkpoint import atomic_write_text
+from fsrf.runtime.io import atomic_write, atomic_write_text
 
-__all__ = ["DEFAULT_RATES", "parse_rates", "parse_patterns", "robust_eval", "aggregate_seeds",
-           "write_results", "format_table", "plot_robustness"]
-
-DEFAULT_RATES = tuple(round(0.1 * i, 1) for i in range(10))
-
-
-def parse_rates(spec: str | Sequence[float]) -> tuple[float, ...]:
-    """``"0:0.9:0.1"`` (start:stop:step, inclusive) or ``"0,0.5,0.9"`` or a sequence → rates in [0, 1]."""
-    if isinstance(spec, str):
-        s = spec.strip()
-        try:
-            if ":" in s:
-                parts = [float(p) for p in s.split(":")]
-                if len(parts) != 3 or parts[2] <= 0:
-                    raise ValueError
-                start, stop, step = parts
-                n = int(math.floor((stop - start) / step + 1e-9)) + 1
-                rates = [round(start + i * step, 10) for i in range(max(n, 0))]
-            else:
-                rates = [float(p) for p in s.split(",") if p.strip()]
-        except ValueError:
-            raise ValueError(f"--rates must look like 0:0.9:0.1 or 0,0.5,0.9; got {spec!r}") from None
-    else:
-        rates = [float(r) for r in spec]
-    if not rates:
-        raise ValueError(f"--rates selects no rate: {spec!r}")
-    bad = [r for r in rates if not 0.0 <= r <= 1.0]
-    if bad:
-        raise ValueError(f"missing rates must lie in [0, 1]; got {bad}")
-    return tuple(rates)
-
-
-def parse_patterns(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """``"all"`` (six patterns + complete), ``"none"``, or a comma list of ``l,a,v,la,lv,av,lav``."""
-    from fsrf.missing import ALL_PATTERNS, pattern_modalities
-
-    if isinstance(spec, str):
-        s = spec.strip().lower()
-        if s == "all":
-            return tuple(ALL_PATTERNS)
-        if s in ("none", ""):
-            return ()
-        items = [p.strip() for p in s.split(",") if p.strip()]
-    else:
-        items = list(spec)
-    for p in items:
-        try:
-            pattern_modalities(p)
-        except ValueError:
-            raise ValueError(f"unknown pattern {p!r}; use 'all' or a comma list of {', '.join(ALL_PATTERNS)}") from None
-    return tuple(items)
-
-
-def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_RATES,
-                patterns: Iterable[str] = (), seed: int = 1111, device: str = "cpu",
-                batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
-    """Metrics of ``model`` on ``split`` at every intra rate and inter pattern.
-
-    Masks come from :func:`fsrf.missing.corrupt_split` with ``seed`` (default 1111, independent
-    of the model seed), so every model sees the same corrupted data. Returns
-    ``{"intra": {"0.0": {metric: value}, ...}, "inter": {"l": {...}, ...}}``.
-    """
-    from fsrf import metrics
-    from fsrf.missing import corrupt_split
-    from fsrf.train import predict_split
-
-    jobs = [("intra", f"{r:.1f}" if round(r, 1) == r else f"{r:g}", dict(rate=r)) for r in rates]
-    jobs += [("inter", p, dict(rate=0.0, pattern=p)) for p in patterns]
-    res: dict[str, Any] = {"intra": {}, "inter": {}}
-    it = jobs
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(jobs, desc="evaluate", unit="cond", leave=False)
-    for kind, key, kw in it:
-        sp = corrupt_split(split, seed=seed, **kw)
-        pred = predict_split(model, sp, batch_size=batch_size, device=device)
-        res[kind][key] = metrics.compute(pred, sp.labels, dataset)
-    return res
-
-
-def aggregate_seeds(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and (population) std over seeds of every ``{kind: {condition: {metric: value}}}`` entry."""
-    seeds = list(per_seed)
-    first = per_seed[seeds[0]]
-    mean: dict[str, Any] = {}
-    std: dict[str, Any] = {}
-    for kind, conds in first.items():
-        mean[kind], std[kind] = {}, {}
-        for cond, mets in conds.items():
-            mean[kind][cond], std[kind][cond] = {}, {}
-            for name in mets:
-                vals = np.array([per_seed[s][kind][cond][name] for s in seeds], dtype=np.float64)
-                mean[kind][cond][name] = float(np.mean(vals))
-                std[kind][cond][name] = float(np.std(vals))
-    return {"mean": mean, "std": std}
+__all__ = ["write_results", "format_table", "plot_robustness"]
 
 
 def _rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -247,9 +156,7 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
     else:
         ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    finally:
+        plt.close(fig)

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from fsrf import ops
-from fsrf._checks import is_tracing
-from fsrf.backend import check_finite_enabled
 from fsrf.config import FSRFConfig
-from fsrf.nn import MaskedCrossModalAttention
+from fsrf.nn.attention import MaskedCrossModalAttention
+from fsrf.runtime.backend import check_finite_enabled
+from fsrf.runtime.checks import is_tracing
 
 __all__ = ["FSRFLayer", "FSRFOutput"]
 

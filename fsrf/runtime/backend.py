@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from fsrf import _extension
+from fsrf.runtime import extension as _extension
 
 __all__ = ["BACKENDS", "set_backend", "get_backend", "use_backend", "available", "resolve",
            "set_check_finite", "check_finite_enabled"]

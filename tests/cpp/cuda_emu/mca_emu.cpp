@@ -1,5 +1,6 @@
-// Runs the CUDA masked cross-attention kernels (csrc/masked_cross_attention_cuda.cuh) under the
-// host emulation of cuda_emu.h, for tests/test_masked_cross_attention_cuda_emu.py.
+// Runs the CUDA masked cross-attention kernels (csrc/masked_cross_attention_cuda.cuh and
+// csrc/masked_cross_attention_wmma_cuda.cuh) under the host emulation of cuda_emu.h, for
+// tests/test_masked_cross_attention_cuda.py.
 //
 // Usage: mca_emu DIR. DIR/meta.txt holds
 //   B H Tq Tk Dh dtype scale has_mask smem_limit order seed kernel

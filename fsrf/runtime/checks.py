@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from fsrf import backend as _backend
+from fsrf.runtime import backend as _backend
 
 __all__ = ["check_tensor", "check_same", "check_finite", "check_bool_mask", "is_tracing"]
 

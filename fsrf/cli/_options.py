@@ -1,0 +1,60 @@
+"""Pieces shared by the command modules: the parser class and the training options."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["Parser", "ABLATIONS", "parse_ablate", "add_training_options", "train_settings", "model_config"]
+
+ABLATIONS = ("dhf", "das", "recovery")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``fsrf <command>: error: ...``, exit status 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_ablate(spec: str | None) -> dict[str, bool]:
+    """``"dhf,das"`` → ``{"dhf": False, "das": False}`` (the FSRFConfig switches to turn off)."""
+    if not spec:
+        return {}
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in items if s not in ABLATIONS]
+    if bad:
+        raise ValueError(f"--ablate takes a comma list of {', '.join(ABLATIONS)}; got {bad[0]!r}")
+    return {s: False for s in items}
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options that override :class:`fsrf.training.TrainSettings` fields."""
+    p.add_argument("--config", help="JSON file with FSRFConfig fields (default: the method's defaults)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="override the batch size")
+    p.add_argument("--lr", type=float, help="override the learning rate")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def model_config(args: argparse.Namespace, ablate: dict[str, bool]):
+    """The FSRFConfig of ``--config`` (or the defaults) with the ablations applied."""
+    from fsrf.config import FSRFConfig
+
+    cfg = FSRFConfig.from_json(args.config) if args.config else FSRFConfig()
+    return cfg.replace(**ablate) if ablate else cfg
+
+
+def train_settings(args: argparse.Namespace, base: dict | None = None):
+    """:class:`fsrf.training.TrainSettings` from ``base`` and the options given on the command line."""
+    from fsrf.training.fit import TrainSettings
+
+    kw = dict(base or {})
+    for name in ("epochs", "batch_size", "lr", "device", "patience", "selection"):
+        v = getattr(args, name, None)
+        if v is not None:
+            kw[name] = v
+    if getattr(args, "no_progress", False):
+        kw["progress"] = False
+    return TrainSettings(**kw)

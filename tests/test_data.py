@@ -270,7 +270,8 @@ def test_top_level_errors(tmp_path):
 
 def test_lengths_clipped_to_padded_length(tmp_path):
     path, obj = _file(tmp_path, over={("train", "vision_lengths"): np.array([99, 1, 2, 3, 4])})
-    sp = data.load_mmsa(path).split("train")
+    with pytest.warns(mmsa_mod.MMSALengthWarning, match=r"1 stored length\(s\)"):
+        sp = data.load_mmsa(path).split("train")
     assert sp.lengths["vision"][0] == 5 and sp.masks["vision"][0].all()
 
 

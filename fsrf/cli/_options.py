@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["Parser", "ABLATIONS", "parse_ablate", "add_training_options", "train_settings", "model_config"]
+__all__ = ["Parser", "ABLATIONS", "parse_ablate", "add_training_options", "add_data_options", "train_settings",
+           "model_config", "locked_output"]
 
 ABLATIONS = ("dhf", "das", "recovery")
 
@@ -38,6 +39,27 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that loads an MMSA feature file (``--strict``)."""
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a file whose stored lengths exceed the padded length of its arrays "
+                        "(default: clip them, with a warning giving the counts)")
+
+
+def locked_output(folder):
+    """Create ``folder`` and lock it for this command (see :func:`fsrf.training.lock.lock_folder`);
+    a context manager. Under ``torchrun`` only rank 0 locks, as only rank 0 writes."""
+    import contextlib
+    import os
+
+    from fsrf.runtime.io import ensure_dir
+    from fsrf.training.lock import lock_folder
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return lock_folder(ensure_dir(folder))
+
+
 def model_config(args: argparse.Namespace, ablate: dict[str, bool]):
     """The FSRFConfig of ``--config`` (or the defaults) with the ablations applied."""
     from fsrf.config import FSRFConfig
@@ -48,7 +70,7 @@ def model_config(args: argparse.Namespace, ablate: dict[str, bool]):
 
 def train_settings(args: argparse.Namespace, base: dict | None = None):
     """:class:`fsrf.training.TrainSettings` from ``base`` and the options given on the command line."""
-    from fsrf.training.fit import TrainSettings
+    from fsrf.training.trainer import TrainSettings
 
     kw = dict(base or {})
     for name in ("epochs", "batch_size", "lr", "device", "patience", "selection"):

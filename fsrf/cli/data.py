@@ -12,7 +12,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
     from fsrf.data import make_synthetic
 
     path = make_synthetic(args.preset, args.out, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
-                          seed=args.seed, aligned=args.aligned)
+                          seed=args.seed, aligned=args.aligned, generator=args.generator)
     print(f"wrote {path}")
     return 0
 
@@ -20,13 +20,20 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
 def _add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write a synthetic MMSA-format feature file (no real data needed)",
                        description="Write a synthetic feature pickle with the MMSA schema and the dims/lengths "
-                                   "of the chosen dataset; labels depend on shared and modality-specific factors.")
+                                   "of the chosen dataset. Two generators: 'factor' (static shared and "
+                                   "modality-specific factors, linear label) and 'events' (a short event marked "
+                                   "in the text among distractor bursts, a nonlinear label with a text x audio "
+                                   "interaction, heavy-tailed label noise).")
     p.add_argument("--preset", required=True, choices=["mosi", "mosei", "sims"], help="dataset whose layout to copy")
     p.add_argument("--out", required=True, help="output .pkl path (written atomically)")
     p.add_argument("--n-train", type=int, default=None, help="train samples (default: preset's small size)")
     p.add_argument("--n-valid", type=int, default=None, help="valid samples")
     p.add_argument("--n-test", type=int, default=None, help="test samples")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    # Kept equal to fsrf.data.SYNTHETIC_GENERATORS (a test checks it): importing fsrf.data here
+    # would load torch just to build the parser.
+    p.add_argument("--generator", choices=["factor", "events"], default="factor",
+                   help="data-generating structure (default factor)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                    help="aligned_50-style file (default for mosi/mosei)")

@@ -8,9 +8,12 @@ __all__ = ["add_parser"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fsrf.cli._options import locked_output
     from fsrf.training.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress)
+    # the demo's folder holds its data, both runs and the results: one demo at a time in it
+    with locked_output(args.out):
+        run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress)
     return 0
 
 

@@ -19,7 +19,7 @@ def _run(args: argparse.Namespace) -> int:
     patterns = parse_patterns(args.patterns)
     entry = evaluate_checkpoints(args.checkpoint, args.data, rates=rates, patterns=patterns, seed=args.mask_seed,
                                  device=args.device, dataset=args.dataset, split=args.split,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, strict=args.strict)
     kinds = {m["dataset"] for m in entry["meta"].values()}
     results = {"models": {args.name: entry},
                "meta": {"dataset": kinds.pop() if len(kinds) == 1 else sorted(kinds), "split": args.split,
@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--name", default="FSRF", help="model name in tables and plots")
-    p.add_argument("--out", help="output directory for results.json / results.csv / robustness.png")
+    p.add_argument("--out", help="output directory for results.json / results.csv / robustness.png (written as one "
+                                 "unit: all three come from this run)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)

@@ -7,7 +7,8 @@
   (B, T) bool}, "labels": (B,), "index": (B,)}``.
 * :func:`load_dataset` — :func:`load_mmsa` plus the dataset kind that picks the metrics.
 * :func:`describe` — print (and return) splits, sizes, dims, lengths, label ranges.
-* :func:`make_synthetic` — write a synthetic file with the MMSA schema (presets mosi/mosei/sims).
+* :func:`make_synthetic` — write a synthetic file with the MMSA schema (presets mosi/mosei/sims),
+  from one of the generators in :data:`SYNTHETIC_GENERATORS` (``"factor"``, ``"events"``).
 * :class:`fsrf.data.bert.BertTextEncoder` — encode ``text_bert`` ids with a local BERT
   (optional ``transformers``; never downloads).
 * :func:`safe_load`, :class:`UnsafePickleError` — the restricted unpickler used for all of this.
@@ -25,11 +26,11 @@ from fsrf.data.mmsa import (
     sha256_file,
 )
 from fsrf.data.safe_pickle import UnsafePickleError, safe_load
-from fsrf.data.synthetic import PRESETS, make_synthetic
+from fsrf.data.synthetic import PRESETS, SYNTHETIC_GENERATORS, make_synthetic
 
 __all__ = ["load_mmsa", "load_dataset", "MMSADataset", "MMSASplit", "collate_mmsa", "describe", "make_synthetic",
-           "PRESETS", "MODALITIES", "SPLITS", "KNOWN_SHA256", "MMSAChecksumWarning", "sha256_file", "safe_load",
-           "UnsafePickleError", "BertTextEncoder"]
+           "PRESETS", "SYNTHETIC_GENERATORS", "MODALITIES", "SPLITS", "KNOWN_SHA256", "MMSAChecksumWarning",
+           "sha256_file", "safe_load", "UnsafePickleError", "BertTextEncoder"]
 
 
 def __getattr__(name):

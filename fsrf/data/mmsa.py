@@ -11,7 +11,8 @@ key                       shape                 use here
 ``audio``                 (N, L_a, d_a)         ``-inf`` (COVAREP) set to 0, as every MMSA loader
 ``vision``                (N, L_v, d_v)
 ``audio_lengths``,        (N,)                  unaligned files only; clipped to the padded length
-``vision_lengths``
+``vision_lengths``                              (with one :class:`MMSALengthWarning` giving the
+                                                counts; ``strict=True`` refuses such files)
 ``regression_labels``     (N,)                  the label
 ``regression_labels_T``,  (N,)                  SIMS unimodal labels (when present)
 ``_A``, ``_V``
@@ -20,6 +21,12 @@ key                       shape                 use here
 
 Every other key is ignored. Dimensions and lengths are taken from the arrays, never from a
 config. Features and labels are cast to float32 (MMSA-FET writes float64).
+
+**Empty splits** load (as splits of 0 samples with the file's dims and lengths), so that a file
+can be described, or evaluated on the splits it has; :func:`describe` reports them as
+"0 samples". Training refuses them where it needs them: :func:`fsrf.training.trainer` names the file
+and the split when the train split has fewer than two samples per process, or the split the
+model is selected on is empty.
 
 **Valid-frame masks** (True = real frame, False = padding):
 
@@ -53,8 +60,8 @@ import numpy as np
 from fsrf.data.dataset import MODALITIES, MMSASplit
 from fsrf.data.safe_pickle import safe_load
 
-__all__ = ["KNOWN_SHA256", "MMSAChecksumWarning", "MMSADataset", "load_mmsa", "load_dataset", "describe", "sha256_file",
-           "SPLITS", "TEXT_SOURCES"]
+__all__ = ["KNOWN_SHA256", "MMSAChecksumWarning", "MMSALengthWarning", "MMSADataset", "load_mmsa", "load_dataset",
+           "describe", "sha256_file", "SPLITS", "TEXT_SOURCES"]
 
 SPLITS = ("train", "valid", "test")
 TEXT_SOURCES = ("features", "bert_ids", "auto")
@@ -77,6 +84,19 @@ _sha_cache: dict[tuple[str, int, int], str] = {}
 
 class MMSAChecksumWarning(UserWarning):
     """A file named like a published MMSA file does not have its published SHA-256."""
+
+
+class MMSALengthWarning(UserWarning):
+    """Stored audio/vision lengths exceed the padded length of their arrays (they were clipped).
+
+    ``counts`` maps ``(split, key)`` to ``(number of samples, largest length, padded length)``;
+    ``refusal`` is the message :func:`load_mmsa` raises with ``strict=True``.
+    """
+
+    def __init__(self, message: str, counts: dict | None = None, refusal: str | None = None) -> None:
+        super().__init__(message)
+        self.counts = dict(counts or {})
+        self.refusal = refusal or message
 
 
 # ---------------------------------------------------------------------------------- checksums
@@ -249,15 +269,31 @@ def _nonzero_rows(x: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _lengths(raw: dict, key: str, *, path: str, split: str, n: int, seq_len: int) -> np.ndarray | None:
+def _lengths(raw: dict, key: str, *, path: str, split: str, n: int, seq_len: int,
+             too_long: dict) -> np.ndarray | None:
     if key not in raw:
         return None
     ln = _array(raw, key, path=path, split=split, ndim=1, expect="(N,)", n=n)
     lf = ln.astype(np.float64)
     if not np.all(np.isfinite(lf)) or np.any(lf != np.round(lf)) or np.any(lf < 0):
         raise _err(path, split, key, "lengths must be non-negative integers")
+    li = lf.astype(np.int64)
+    over = li > seq_len
+    if over.any():
+        too_long[(split, key)] = (int(over.sum()), int(li.max()), int(seq_len))
     # MMSA-FET clips stored lengths to the padded length; older files may not have, so clip here.
-    return np.minimum(lf.astype(np.int64), seq_len)
+    return np.minimum(li, seq_len)
+
+
+def _length_messages(path: str, too_long: dict) -> tuple[str, str]:
+    total = sum(c for c, _, _ in too_long.values())
+    where = "; ".join(f"split '{s}', key '{k}': {c} (largest {mx} > padded length {T})"
+                      for (s, k), (c, mx, T) in too_long.items())
+    warn = (f"{path}: {total} stored length(s) exceed the padded length of their arrays and were clipped "
+            f"to it ({where}); the file may be broken (pass strict=True, or --strict, to refuse it)")
+    refuse = (f"{path}: {total} stored length(s) exceed the padded length of their arrays ({where}); "
+              f"refused because strict=True (--strict): without it they are clipped to the padded length")
+    return warn, refuse
 
 
 def _strings(raw: dict, key: str, n: int, *, path: str, split: str) -> list[str] | None:
@@ -269,7 +305,7 @@ def _strings(raw: dict, key: str, n: int, *, path: str, split: str) -> list[str]
     return vals
 
 
-def _read_split(raw: Any, split: str, *, path: str, text: str, nonfinite: str) -> MMSASplit:
+def _read_split(raw: Any, split: str, *, path: str, text: str, nonfinite: str, too_long: dict) -> MMSASplit:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: split '{split}' must be a dict of arrays; found {type(raw).__name__}")
     y = _labels(raw, "regression_labels", path=path, split=split, n=None)
@@ -313,7 +349,7 @@ def _read_split(raw: Any, split: str, *, path: str, text: str, nonfinite: str) -
         masks["text"] = _nonzero_rows(text_x)
     lengths["text"] = masks["text"].sum(axis=1).astype(np.int64)
     for m, x in (("audio", audio), ("vision", vision)):
-        ln = _lengths(raw, f"{m}_lengths", path=path, split=split, n=n, seq_len=x.shape[1])
+        ln = _lengths(raw, f"{m}_lengths", path=path, split=split, n=n, seq_len=x.shape[1], too_long=too_long)
         if ln is not None:
             lengths[m] = ln
             masks[m] = np.arange(x.shape[1])[None, :] < ln[:, None]
@@ -348,7 +384,7 @@ def _guess_kind(splits: dict[str, MMSASplit], dims: dict[str, int], path: str, s
 
 
 def load_mmsa(path: str | os.PathLike, *, text: str = "features", check_sha256: bool = True,
-              nonfinite: str = "error") -> MMSADataset:
+              nonfinite: str = "error", strict: bool = False) -> MMSADataset:
     """Load an MMSA feature pickle into an :class:`MMSADataset`.
 
     Args:
@@ -363,17 +399,25 @@ def load_mmsa(path: str | os.PathLike, *, text: str = "features", check_sha256: 
             file takes a while (a tqdm bar is shown on a terminal); pass False to skip.
         nonfinite: what to do with NaN/Inf left after audio's ``-inf`` has been set to 0:
             ``"error"`` (default, names the split and key) or ``"zero"``.
+        strict: refuse a file whose stored ``audio_lengths``/``vision_lengths`` exceed the padded
+            length of their arrays (a ``ValueError`` with the counts per split and key). By
+            default such lengths are clipped, with one :class:`MMSALengthWarning` per load that
+            gives the same counts.
 
     Raises:
         FileNotFoundError: no such file.
         fsrf.data.UnsafePickleError: the pickle references code (nothing is executed).
         ValueError: the content does not follow the schema; the message names the file, split,
             key and the expected vs. found shape.
+
+    Splits with 0 samples are accepted (see the module docstring).
     """
     if text not in TEXT_SOURCES:
         raise ValueError(f"text must be one of {TEXT_SOURCES}; got {text!r}")
     if nonfinite not in ("error", "zero"):
         raise ValueError(f"nonfinite must be 'error' or 'zero'; got {nonfinite!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"MMSA feature file not found: {path}")
@@ -396,10 +440,16 @@ def load_mmsa(path: str | os.PathLike, *, text: str = "features", check_sha256: 
         synthetic = dict(cfg)
 
     splits = {}
+    too_long: dict[tuple[str, str], tuple[int, int, int]] = {}
     for s in SPLITS:
-        splits[s] = _read_split(data[s], s, path=path, text=text, nonfinite=nonfinite)
+        splits[s] = _read_split(data[s], s, path=path, text=text, nonfinite=nonfinite, too_long=too_long)
         data[s] = None  # release the raw (often float64) arrays before reading the next split
     del data
+    if too_long:
+        warn, refuse = _length_messages(path, too_long)
+        if strict:
+            raise ValueError(refuse)
+        warnings.warn(MMSALengthWarning(warn, too_long, refuse), stacklevel=2)
 
     def dim_of(sp: MMSASplit, m: str) -> int:
         if m == "text" and text == "bert_ids":
@@ -439,22 +489,25 @@ def load_dataset(path: str | os.PathLike, dataset: str | None = None, **kwargs) 
     return data, kind
 
 
-def _stats(a: np.ndarray) -> dict[str, float]:
+def _stats(a: np.ndarray) -> dict[str, float] | None:
+    # an empty split has no statistics: None (JSON null), never NaN
     if a.size == 0:
-        return {"min": float("nan"), "mean": float("nan"), "max": float("nan")}
+        return None
     return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
 
 
 def describe(path: str | os.PathLike, *, check_sha256: bool = True, file: TextIO | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, strict: bool = False) -> dict[str, Any]:
     """Print a summary of an MMSA feature file and return it as a dict.
 
     Reports the dataset guess, aligned/unaligned, SHA-256 status, per-modality feature dims and
     padded lengths, and per split: size, valid-frame lengths (min/mean/max) per modality, label
     range and mean, and which unimodal labels exist. Text is read as features when present, else
-    as BERT ids. ``quiet=True`` only returns the dict.
+    as BERT ids. A split with 0 samples is printed as "0 samples (empty)", and its ``label`` and
+    ``frames`` entries are None. ``quiet=True`` only returns the dict; ``strict`` is passed to
+    :func:`load_mmsa`.
     """
-    ds = load_mmsa(path, text="auto", check_sha256=check_sha256)
+    ds = load_mmsa(path, text="auto", check_sha256=check_sha256, strict=strict)
     info: dict[str, Any] = {
         "path": ds.path,
         "dataset_kind": ds.dataset_kind,
@@ -468,7 +521,7 @@ def describe(path: str | os.PathLike, *, check_sha256: bool = True, file: TextIO
         "splits": {},
     }
     for name, sp in ds.splits.items():
-        lens = {m: _stats(sp.masks[m].sum(axis=1)) for m in sp.modalities}
+        lens = {m: _stats(sp.masks[m].sum(axis=1)) for m in sp.modalities} if len(sp) else None
         info["splits"][name] = {
             "n": len(sp),
             "label": _stats(sp.labels),
@@ -502,6 +555,9 @@ def _format(info: dict[str, Any]) -> str:
     for m, d in info["dims"].items():
         lines.append(f"  {m:<8}{d:>5}  {info['seq_lens'][m]:>13}")
     for name, s in info["splits"].items():
+        if not s["n"]:
+            lines.append(f"  {name}: 0 samples (empty)")
+            continue
         lab = s["label"]
         lines.append(f"  {name}: {s['n']} samples; label range [{lab['min']:.3f}, {lab['max']:.3f}], "
                      f"mean {lab['mean']:.3f}" + (f"; unimodal labels {','.join(s['unimodal_labels'])}"

@@ -6,7 +6,14 @@ the real feature dimensions and padded lengths of each dataset, ``text`` feature
 MOSI/MOSEI labels on their annotation grids in [-3, 3], SIMS labels in {-1, -0.8, ..., 1} with
 unimodal labels. It loads unchanged in MMSA's own loader.
 
-Generative model (per sample ``i``; all draws seeded)::
+Two generators with different structure share that schema (:data:`SYNTHETIC_GENERATORS`); a method
+tuned on one can be checked on the other. This module assembles the MMSA dict (lengths, ``-inf``,
+``text_bert`` ids, label grids, SIMS unimodal labels, annotations, ids, ``config``) and holds the
+``"factor"`` generator; :mod:`fsrf.data.synthetic_events` holds ``"events"`` (an event window
+marked in the text, nonlinear labels with a cross-modal interaction, heavy-tailed label noise).
+A generator only maps latents to a standardised label and to features.
+
+``"factor"`` generative model (per sample ``i``; all draws seeded)::
 
     z_s ~ N(0, I_4)                                  shared factor, visible in every modality
     z_m = rho * C_m z_s + sqrt(1 - rho^2) * u_m       modality-specific factor (u_m ~ N(0, I_3)),
@@ -32,9 +39,10 @@ from typing import Mapping
 
 import numpy as np
 
+from fsrf.data import synthetic_events
 from fsrf.runtime.io import atomic_write
 
-__all__ = ["PRESETS", "make_synthetic"]
+__all__ = ["PRESETS", "SYNTHETIC_GENERATORS", "make_synthetic"]
 
 #: Dataset presets: real dims and padded lengths (MMSA README / configs), real split sizes
 #: (for reference only) and the small default sizes used here.
@@ -71,6 +79,11 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+#: Names accepted by ``make_synthetic(generator=...)``: ``"factor"`` (static latent factors, frames
+#: i.i.d. given them, a linear label; the default) and ``"events"`` (see
+#: :mod:`fsrf.data.synthetic_events`).
+SYNTHETIC_GENERATORS: tuple[str, ...] = ("factor", "events")
+
 _MODS = ("text", "audio", "vision")
 _K_SHARED, _K_SPEC, _K_NUIS = 4, 3, 2
 _RHO = 0.5
@@ -84,14 +97,18 @@ _VAR_NOISE = 0.11
 _SNR = {"text": 20.0, "audio": 4.0, "vision": 4.0}
 _FEAT_MEAN = {"text": 0.0, "audio": 0.5, "vision": 0.2}
 _SPLITS = ("train", "valid", "test")
+# Valid text lengths are drawn around this fraction of the padded length, unaligned audio/vision
+# lengths around _OTHER_LEN_FRAC of theirs.
+_TEXT_LEN_FRAC, _OTHER_LEN_FRAC = 0.5, 0.55
 
 
+# ------------------------------------------------------------------------------ "factor" generator
 def _unit(rng: np.random.Generator, k: int) -> np.ndarray:
     v = rng.standard_normal(k)
     return v / np.linalg.norm(v)
 
 
-def _world(rng: np.random.Generator, dims: Mapping[str, int], mean_len: Mapping[str, float]) -> dict:
+def _factor_world(rng: np.random.Generator, dims: Mapping[str, int], mean_len: Mapping[str, float]) -> dict:
     """Parameters shared by all splits (projections, label weights)."""
     w: dict = {"C": {}, "b": {}, "P": {}, "Q": {}, "R": {}, "scale": {}, "mu": {}}
     w["a"] = _unit(rng, _K_SHARED) * np.sqrt(_VAR_SHARED)
@@ -119,44 +136,24 @@ def _world(rng: np.random.Generator, dims: Mapping[str, int], mean_len: Mapping[
     return w
 
 
-def _grid(v: np.ndarray, step: float, lo: float, hi: float) -> np.ndarray:
-    out = np.clip(np.round(v / step) * step, lo, hi)
-    out[out == 0] = 0.0  # no negative zeros
-    return np.round(out, 6)
-
-
-def _lengths(rng: np.random.Generator, n: int, L: int, frac_mean: float, lo: int) -> np.ndarray:
-    ln = np.round(rng.normal(frac_mean * L, 0.2 * L, n)).astype(np.int64)
-    return np.clip(ln, min(lo, L), L)
-
-
-def _split(rng: np.random.Generator, world: dict, n: int, *, preset: str, cfg: dict, dims: Mapping[str, int],
-           lens: Mapping[str, int], aligned: bool, offset: int) -> dict:
+def _factor_latents(rng: np.random.Generator, world: dict, n: int):
+    """Latents of ``n`` samples: ``(state, y_star, unimodal, y_clean)`` (see :func:`_split`)."""
     zs = rng.standard_normal((n, _K_SHARED))
     zm = {m: _RHO * zs @ world["C"][m].T + np.sqrt(1 - _RHO**2) * rng.standard_normal((n, _K_SPEC)) for m in _MODS}
     nu = {m: rng.standard_normal((n, _K_NUIS)) for m in _MODS}
     shared = zs @ world["a"]
     spec = {m: zm[m] @ world["b"][m] for m in _MODS}
-    y_star = (shared + sum(spec.values()) + rng.standard_normal(n) * np.sqrt(_VAR_NOISE)) / world["y_sd"]
+    clean = shared + sum(spec.values())
+    y_star = (clean + rng.standard_normal(n) * np.sqrt(_VAR_NOISE)) / world["y_sd"]
+    unimodal = {m: (shared + spec[m]) / world["uni_sd"][m] for m in _MODS}
+    return {"zs": zs, "zm": zm, "nu": nu}, y_star, unimodal, clean / world["y_sd"]
 
-    out: dict = {}
-    if preset == "sims":
-        y = _grid(0.5 * y_star, 0.2, -1.0, 1.0)
-        for m, k in (("text", "T"), ("audio", "A"), ("vision", "V")):
-            part = (shared + spec[m]) / world["uni_sd"][m]
-            out[f"regression_labels_{k}"] = _grid(0.5 * (0.85 * part + 0.5 * rng.standard_normal(n)), 0.2, -1.0, 1.0)
-    else:
-        y = _grid(1.5 * y_star, cfg["label_grid"], -3.0, 3.0)
 
-    # Valid lengths: text tokens (with [CLS] and [SEP]); aligned audio/vision follow the words.
-    t_len = _lengths(rng, n, lens["text"], 0.5, 4)
-    if aligned:
-        lengths = {"text": t_len, "audio": t_len.copy(), "vision": t_len.copy()}
-    else:
-        lengths = {"text": t_len,
-                   "audio": _lengths(rng, n, lens["audio"], 0.55, 8),
-                   "vision": _lengths(rng, n, lens["vision"], 0.55, 8)}
-
+def _factor_features(rng: np.random.Generator, world: dict, state: dict, lengths: Mapping[str, np.ndarray], *,
+                     dims: Mapping[str, int], lens: Mapping[str, int], aligned: bool):
+    """Frame features ``{modality: (n, L, d) float32}`` and the (empty) ground truth."""
+    zs, zm, nu = state["zs"], state["zm"], state["nu"]
+    n = zs.shape[0]
     feats = {}
     for m in _MODS:
         L, d = lens[m], dims[m]
@@ -172,6 +169,64 @@ def _split(rng: np.random.Generator, world: dict, n: int, *, preset: str, cfg: d
             blk *= valid[e, :, None]
             x[e] = blk
         feats[m] = x
+    return feats, {}
+
+
+# A generator is (world, latents, features) with the signatures of the "factor" functions above.
+# The order of random draws within a split (latents, SIMS unimodal noise, lengths, features, -inf,
+# token ids) is fixed by _split so that "factor" files stay identical across refactors.
+_STRUCTURES = {
+    "factor": (_factor_world, _factor_latents, _factor_features),
+    "events": (synthetic_events.world, synthetic_events.latents, synthetic_events.features),
+}
+
+
+# ------------------------------------------------------------------------------ shared MMSA assembly
+def _grid(v: np.ndarray, step: float, lo: float, hi: float) -> np.ndarray:
+    out = np.clip(np.round(v / step) * step, lo, hi)
+    out[out == 0] = 0.0  # no negative zeros
+    return np.round(out, 6)
+
+
+def _lengths(rng: np.random.Generator, n: int, L: int, frac_mean: float, lo: int) -> np.ndarray:
+    ln = np.round(rng.normal(frac_mean * L, 0.2 * L, n)).astype(np.int64)
+    return np.clip(ln, min(lo, L), L)
+
+
+def _split(rng: np.random.Generator, structure: str, world: dict, n: int, *, preset: str, cfg: dict,
+           dims: Mapping[str, int], lens: Mapping[str, int], aligned: bool, offset: int) -> tuple[dict, dict]:
+    """One split in the MMSA schema, and the generator's ground truth for tests.
+
+    The generator gives ``y_star`` (the noisy label, standardised), ``unimodal`` (per modality a
+    unit-variance sentiment a single-modality annotator would see, for SIMS) and ``y_clean`` (the
+    noise-free standardised label). The truth holds ``label_clean`` (``y_clean`` on the file's label
+    scale, before rounding) plus whatever the generator's ``features`` reports.
+    """
+    _, latents, features = _STRUCTURES[structure]
+    state, y_star, unimodal, y_clean = latents(rng, world, n)
+
+    out: dict = {}
+    if preset == "sims":
+        label_scale = 0.5
+        y = _grid(label_scale * y_star, 0.2, -1.0, 1.0)
+        for m, k in (("text", "T"), ("audio", "A"), ("vision", "V")):
+            out[f"regression_labels_{k}"] = _grid(0.5 * (0.85 * unimodal[m] + 0.5 * rng.standard_normal(n)),
+                                                  0.2, -1.0, 1.0)
+    else:
+        label_scale = 1.5
+        y = _grid(label_scale * y_star, cfg["label_grid"], -3.0, 3.0)
+
+    # Valid lengths: text tokens (with [CLS] and [SEP]); aligned audio/vision follow the words.
+    t_len = _lengths(rng, n, lens["text"], _TEXT_LEN_FRAC, 4)
+    if aligned:
+        lengths = {"text": t_len, "audio": t_len.copy(), "vision": t_len.copy()}
+    else:
+        lengths = {"text": t_len,
+                   "audio": _lengths(rng, n, lens["audio"], _OTHER_LEN_FRAC, 8),
+                   "vision": _lengths(rng, n, lens["vision"], _OTHER_LEN_FRAC, 8)}
+
+    feats, truth = features(rng, world, state, lengths, dims=dims, lens=lens, aligned=aligned)
+    truth = {"label_clean": label_scale * y_clean, **truth}
 
     # COVAREP writes -inf for undefined values; sprinkle a few inside valid audio frames.
     n_inf = max(1, n // 50)
@@ -205,7 +260,7 @@ def _split(rng: np.random.Generator, world: dict, n: int, *, preset: str, cfg: d
     if not aligned:
         out["audio_lengths"] = lengths["audio"]
         out["vision_lengths"] = lengths["vision"]
-    return out
+    return out, truth
 
 
 def _check_count(name: str, v) -> int:
@@ -227,32 +282,12 @@ def _override(name: str, base: Mapping[str, int], new: Mapping[str, int] | None)
     return out
 
 
-def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | None = None,
-                   n_valid: int | None = None, n_test: int | None = None, seed: int = 0,
-                   aligned: bool | None = None, dims: Mapping[str, int] | None = None,
-                   seq_lens: Mapping[str, int] | None = None) -> Path:
-    """Write a synthetic MMSA feature pickle and return its path.
-
-    Args:
-        preset: ``"mosi"``, ``"mosei"`` or ``"sims"`` — sets the feature dims, padded lengths and
-            label scheme of that dataset (§1.4 of the MMSA format: MOSI text 768 / audio 5 /
-            vision 20; MOSEI 768 / 74 / 35; SIMS 768 / 33 / 709; aligned length 50; unaligned
-            MOSI audio 375, vision 500; MOSEI 500, 500; SIMS text 39, audio 400, vision 55).
-        out_path: the file to write (atomically: temp file in the same folder, fsync, rename).
-        n_train, n_valid, n_test: split sizes. Defaults are small so the demo trains in minutes on
-            two CPU cores: mosi 1000/200/200, mosei 1500/300/300, sims 1000/250/250. (The real
-            datasets have mosi 1284/229/686, mosei 16326/1871/4659, sims 1368/456/457 samples.)
-        seed: all randomness derives from it (same seed and arguments → identical file).
-        aligned: ``True`` writes an ``aligned_50``-style file (all modalities 50 steps, no
-            lengths), ``False`` an unaligned one with ``audio_lengths``/``vision_lengths``.
-            Default: aligned for mosi/mosei, unaligned for sims (which has no aligned file).
-        dims, seq_lens: per-modality overrides of feature dims / padded lengths (tests).
-
-    The top-level ``"config"`` entry records the generator and its settings (MMSA loaders ignore
-    it; :func:`fsrf.data.load_mmsa` uses it to report the preset).
-    """
+def _settings(preset, *, n_train, n_valid, n_test, seed, aligned, dims, seq_lens, generator) -> dict:
+    """Validated, completed arguments of :func:`make_synthetic`."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}")
+    if not isinstance(generator, str) or generator not in SYNTHETIC_GENERATORS:
+        raise ValueError(f"generator must be one of {list(SYNTHETIC_GENERATORS)}; got {generator!r}")
     cfg = PRESETS[preset]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int; got {seed!r}")
@@ -270,22 +305,80 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
         raise ValueError(f"aligned files have one length for all modalities; got seq_lens {lens}")
     if lens["text"] < 4:
         raise ValueError(f"seq_lens['text'] must be >= 4 ([CLS], two tokens, [SEP]); got {lens['text']}")
+    return {"preset": preset, "seed": int(seed), "aligned": bool(aligned), "sizes": sizes, "dims": dims_,
+            "seq_lens": lens, "generator": generator}
 
+
+def _generate(st: dict) -> tuple[dict, dict]:
+    """The MMSA dict for validated settings, and per split the generator's ground truth."""
+    preset, seed, aligned, dims, lens = st["preset"], st["seed"], st["aligned"], st["dims"], st["seq_lens"]
+    # Typical valid lengths (see the length draws in _split): they set the per-frame signal scale.
+    mean_len = {"text": _TEXT_LEN_FRAC * lens["text"]}
+    for m in ("audio", "vision"):
+        mean_len[m] = mean_len["text"] if aligned else _OTHER_LEN_FRAC * lens[m]
+    world = _STRUCTURES[st["generator"]][0](np.random.default_rng([seed, 0]), dims, mean_len)
+    data: dict = {}
+    truth: dict = {}
+    offset = 0
+    for k, (name, n) in enumerate(zip(_SPLITS, st["sizes"])):
+        data[name], truth[name] = _split(np.random.default_rng([seed, k + 1]), st["generator"], world, n,
+                                         preset=preset, cfg=PRESETS[preset], dims=dims, lens=lens, aligned=aligned,
+                                         offset=offset)
+        offset += n
+    # "generator" is the tag fsrf.data.load_mmsa recognises; "structure" is left out for "factor" so
+    # that its files stay byte-identical to those written before there was a second generator.
+    data["config"] = {"generator": "fsrf.data.make_synthetic", "preset": preset, "seed": seed,
+                      "aligned": aligned, "sizes": st["sizes"], "dims": dims, "seq_lens": lens}
+    if st["generator"] != "factor":
+        data["config"]["structure"] = st["generator"]
+    return data, truth
+
+
+def _generate_with_truth(preset: str, **kwargs) -> tuple[dict, dict]:
+    """Testing hook: the MMSA dict :func:`make_synthetic` would write, and per split the ground truth
+    (``label_clean``; for ``"events"`` also ``window``: ``{modality: (n, 2) [start, stop)}``), which
+    the file itself never contains."""
+    full = {"n_train": None, "n_valid": None, "n_test": None, "seed": 0, "aligned": None, "dims": None,
+            "seq_lens": None, "generator": "factor", **kwargs}
+    return _generate(_settings(preset, **full))
+
+
+def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | None = None,
+                   n_valid: int | None = None, n_test: int | None = None, seed: int = 0,
+                   aligned: bool | None = None, dims: Mapping[str, int] | None = None,
+                   seq_lens: Mapping[str, int] | None = None, generator: str = "factor") -> Path:
+    """Write a synthetic MMSA feature pickle and return its path.
+
+    Args:
+        preset: ``"mosi"``, ``"mosei"`` or ``"sims"`` — sets the feature dims, padded lengths and
+            label scheme of that dataset (§1.4 of the MMSA format: MOSI text 768 / audio 5 /
+            vision 20; MOSEI 768 / 74 / 35; SIMS 768 / 33 / 709; aligned length 50; unaligned
+            MOSI audio 375, vision 500; MOSEI 500, 500; SIMS text 39, audio 400, vision 55).
+        out_path: the file to write (atomically: temp file in the same folder, fsync, rename).
+        n_train, n_valid, n_test: split sizes. Defaults are small so the demo trains in minutes on
+            two CPU cores: mosi 1000/200/200, mosei 1500/300/300, sims 1000/250/250. (The real
+            datasets have mosi 1284/229/686, mosei 16326/1871/4659, sims 1368/456/457 samples.)
+        seed: all randomness derives from it (same seed and arguments → identical file).
+        aligned: ``True`` writes an ``aligned_50``-style file (all modalities 50 steps, no
+            lengths), ``False`` an unaligned one with ``audio_lengths``/``vision_lengths``.
+            Default: aligned for mosi/mosei, unaligned for sims (which has no aligned file).
+        dims, seq_lens: per-modality overrides of feature dims / padded lengths (tests).
+        generator: the data-generating structure, one of :data:`SYNTHETIC_GENERATORS`:
+            ``"factor"`` (default; static factors, linear label — see this module) or ``"events"``
+            (an event window marked in the text, a nonlinear label with a text × audio
+            interaction, heavy-tailed label noise — see :mod:`fsrf.data.synthetic_events`). Both
+            write the same schema, dims, lengths and label grids.
+
+    The top-level ``"config"`` entry records the generator tag and its settings (MMSA loaders ignore
+    it; :func:`fsrf.data.load_mmsa` uses it to report the preset). ``config["structure"]`` names the
+    generator when it is not ``"factor"``; ``"factor"`` files carry no such key and are
+    byte-identical to those of earlier versions.
+    """
+    st = _settings(preset, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed, aligned=aligned,
+                   dims=dims, seq_lens=seq_lens, generator=generator)
     out_path = Path(os.fspath(out_path))
     folder = out_path.parent if str(out_path.parent) else Path(".")
     if not folder.is_dir():  # fail before spending time generating
         raise FileNotFoundError(f"output folder does not exist: {folder}")
-
-    mean_len = {"text": 0.5 * lens["text"]}
-    for m in ("audio", "vision"):
-        mean_len[m] = mean_len["text"] if aligned else 0.55 * lens[m]
-    world = _world(np.random.default_rng([seed, 0]), dims_, mean_len)
-    data: dict = {}
-    offset = 0
-    for k, (name, n) in enumerate(zip(_SPLITS, sizes)):
-        data[name] = _split(np.random.default_rng([seed, k + 1]), world, n, preset=preset, cfg=cfg, dims=dims_,
-                            lens=lens, aligned=aligned, offset=offset)
-        offset += n
-    data["config"] = {"generator": "fsrf.data.make_synthetic", "preset": preset, "seed": int(seed),
-                      "aligned": bool(aligned), "sizes": sizes, "dims": dims_, "seq_lens": lens}
+    data, _ = _generate(st)
     return atomic_write(out_path, lambda fh: pickle.dump(data, fh, protocol=4))

@@ -1,8 +1,80 @@
-"""Whole models: an encoder, a fusion and a regression head, with their training objective.
+"""Whole models: input projections, fusion and a regression head, with their training objective.
 
-* :class:`FSRFModel` — :class:`fsrf.nn.FSRFLayer` plus a head and the full FSRF objective.
+A *model* here is any ``nn.Module`` whose ``forward(inputs, masks)`` returns (B,) predictions,
+optionally with ``training_loss(inputs, masks, labels, generator=None) -> (loss, parts)``; the
+training loop (:func:`fsrf.training.trainer`) and the comparison harness
+(:func:`fsrf.training.compare`) accept any of them. Built in:
+
+* :class:`FSRFModel` — :class:`fsrf.nn.FSRFLayer` plus a head and the full FSRF objective;
+* :class:`LateFusion` — masked mean pooling + MLP, optionally with modality dropout;
+* :class:`MulT` — a MulT-style cross-modal transformer.
+
+:class:`ModelSpec` names a model and how to build it; checkpoints of the built-in kinds record
+``(kind, kwargs)`` so :func:`build_model` can rebuild them.
 """
 
-from fsrf.models.fsrf_model import FSRFModel
+from __future__ import annotations
 
-__all__ = ["FSRFModel"]
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from fsrf.models.fsrf_model import FSRFModel
+from fsrf.models.late_fusion import LateFusion
+from fsrf.models.mult import MulT
+
+__all__ = ["FSRFModel", "LateFusion", "MulT", "MODEL_KINDS", "build_model", "ModelSpec"]
+
+
+def _fsrf(dims, **config):
+    from fsrf.config import FSRFConfig
+
+    return FSRFModel(dims, FSRFConfig.from_dict(config))
+
+
+#: Built-in model kinds: ``kind -> builder(modality_dims, **kwargs)``.
+MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {"fsrf": _fsrf, "late_fusion": LateFusion, "mult": MulT}
+
+
+def build_model(kind: str, modality_dims: Mapping[str, int], **kwargs: Any) -> nn.Module:
+    """A built-in model of ``kind`` (one of :data:`MODEL_KINDS`) for ``modality_dims``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}; got {kind!r}")
+    return MODEL_KINDS[kind](dict(modality_dims), **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a comparison: a display ``name`` and how to build it.
+
+    Either ``kind`` (a key of :data:`MODEL_KINDS`) with ``kwargs``, or ``build``, a callable
+    ``build(modality_dims) -> nn.Module`` for a model of your own. ``train`` overrides fields of
+    :class:`fsrf.training.TrainSettings` for this model only (e.g. ``{"lr": 3e-4}``).
+    """
+
+    name: str
+    kind: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    build: Callable[[Mapping[str, int]], nn.Module] | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"ModelSpec.name must be a non-empty str; got {self.name!r}")
+        if (self.kind is None) == (self.build is None):
+            raise ValueError(f"ModelSpec {self.name!r}: give exactly one of kind= (one of {sorted(MODEL_KINDS)}) "
+                             f"or build= (a callable); got kind={self.kind!r}, build={self.build!r}")
+        if self.kind is not None and self.kind not in MODEL_KINDS:
+            raise ValueError(f"ModelSpec {self.name!r}: kind must be one of {sorted(MODEL_KINDS)}; got {self.kind!r}")
+        if self.build is not None and not callable(self.build):
+            raise TypeError(f"ModelSpec {self.name!r}: build must be callable; got {type(self.build).__name__}")
+
+    def instantiate(self, modality_dims: Mapping[str, int]) -> nn.Module:
+        """A fresh model for ``modality_dims``."""
+        if self.kind is not None:
+            return build_model(self.kind, modality_dims, **dict(self.kwargs))
+        model = self.build(dict(modality_dims))
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"ModelSpec {self.name!r}: build must return an nn.Module; got {type(model).__name__}")
+        return model

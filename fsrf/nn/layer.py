@@ -161,6 +161,7 @@ class FSRFLayer(nn.Module):
                 raise ValueError(f"masks[{extra[0]!r}] given but inputs has no {extra[0]!r}")
         if not inputs:
             raise ValueError(f"inputs is empty; give at least one of {list(self.modalities)}")
+        param_dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
         batch, device, ref = None, None, None
         for name, x in inputs.items():
             if not isinstance(x, torch.Tensor):
@@ -183,6 +184,10 @@ class FSRFLayer(nn.Module):
                                  f"has B={x.shape[0]}")
             elif x.device != device:
                 raise ValueError(f"inputs[{name!r}] is on {x.device} but inputs[{ref!r}] is on {device}")
+            elif x.dtype != inputs[ref].dtype:
+                raise TypeError(f"inputs[{name!r}] has dtype {x.dtype} but inputs[{ref!r}] has dtype "
+                                f"{inputs[ref].dtype}; give every modality in one dtype "
+                                f"(e.g. x.to({inputs[ref].dtype}))")
             if masks is not None and name in masks:
                 mk = masks[name]
                 if not isinstance(mk, torch.Tensor):
@@ -200,14 +205,35 @@ class FSRFLayer(nn.Module):
                                  f"(MMSA audio uses -inf padding: set it to 0)")
         if batch == 0:
             raise ValueError("inputs have batch size 0")
+        dtype = inputs[ref].dtype
+        if param_dtype is not None and dtype != param_dtype:
+            try:
+                autocast = torch.is_autocast_enabled(device.type)
+            except TypeError:  # torch < 2.4 has one switch per device family
+                autocast = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+            # autocast casts float32/16 and bfloat16 operands of each matmul itself, but never float64
+            if not autocast:
+                raise TypeError(f"inputs have dtype {dtype} but the layer's parameters are {param_dtype}; convert "
+                                f"the model with .to({dtype}), the inputs with .to({param_dtype}), or run the "
+                                f"forward under torch.autocast")
+            if dtype == torch.float64:
+                raise TypeError(f"inputs have dtype torch.float64, which torch.autocast does not cast, but the "
+                                f"layer's parameters are {param_dtype}; convert the inputs with .to({param_dtype}) "
+                                f"or the model with .to(torch.float64)")
         return batch, device
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> FSRFOutput:
-        """Encode, factorize, recover and fuse; see the class docstring for the arguments."""
+        """Encode, factorize, recover and fuse; see the class docstring for the arguments.
+
+        Dtypes: every input has one floating dtype (a ``TypeError`` naming both otherwise). Outside
+        ``torch.autocast`` it must be the dtype of the layer's parameters — a ``TypeError`` says
+        to convert the model (``layer.to(dtype)``) or the inputs, or to use autocast. Under
+        autocast, float32, float16 and bfloat16 inputs are accepted and autocast picks the compute
+        dtype; float64 inputs are refused there, since autocast does not cast them.
+        """
         B, device = self._check_inputs(inputs, masks)
         cfg = self.config
-        ref_dtype = next(iter(inputs.values())).dtype
         names = self.modalities
 
         # §1.1 projection; an absent modality becomes one unobserved zero frame.
@@ -219,7 +245,10 @@ class FSRFLayer(nn.Module):
                 # masked frames are zeroed so a Conv1d window cannot read features marked missing
                 u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype))
                 k[m] = mk
-            else:
+        # the zero frames take the projections' dtype, which autocast may have lowered
+        ref_dtype = next(iter(u.values())).dtype
+        for m in names:
+            if m not in inputs:
                 u[m] = torch.zeros(B, 1, cfg.d_model, device=device, dtype=ref_dtype)
                 k[m] = torch.zeros(B, 1, dtype=torch.bool, device=device)
         available = torch.stack([k[m].any(dim=1) for m in names], dim=1)  # (B, M)

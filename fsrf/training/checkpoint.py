@@ -39,6 +39,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; all mean "not loadable"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ", 1)[0]  # torch appends paragraphs of advice after its first sentence
         raise ValueError(f"checkpoint {path} is corrupted, truncated or not an fsrf checkpoint "
                          f"(refused by torch.load(weights_only=True): {first})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

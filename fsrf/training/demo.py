@@ -27,7 +27,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 111
     from fsrf.data import load_mmsa, make_synthetic
     from fsrf.missing import ALL_PATTERNS
     from fsrf.training.evaluation import DEFAULT_RATES, aggregate_seeds, robust_eval
-    from fsrf.training.fit import TrainSettings, fit, load_model
+    from fsrf.training.trainer import TrainSettings, fit, load_model
     from fsrf.training.results import format_table, write_results
 
     spec = {**(DEMO_QUICK if quick else DEMO_FULL), **(spec or {})}

@@ -73,7 +73,7 @@ def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_
     """
     from fsrf import metrics
     from fsrf.missing import corrupt_split
-    from fsrf.training.fit import predict_split
+    from fsrf.training.trainer import predict_split
 
     jobs = [("intra", f"{r:.1f}" if round(r, 1) == r else f"{r:g}", dict(rate=r)) for r in rates]
     jobs += [("inter", p, dict(rate=0.0, pattern=p)) for p in patterns]
@@ -90,7 +90,8 @@ def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_
 
 
 def aggregate_seeds(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and (population) std over seeds of every ``{kind: {condition: {metric: value}}}`` entry."""
+    """Mean and sample std (ddof = 1; 0 for one seed) over seeds of every
+    ``{kind: {condition: {metric: value}}}`` entry."""
     seeds = list(per_seed)
     first = per_seed[seeds[0]]
     mean: dict[str, Any] = {}
@@ -102,28 +103,42 @@ def aggregate_seeds(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]
             for name in mets:
                 vals = np.array([per_seed[s][kind][cond][name] for s in seeds], dtype=np.float64)
                 mean[kind][cond][name] = float(np.mean(vals))
-                std[kind][cond][name] = float(np.std(vals))
+                std[kind][cond][name] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
     return {"mean": mean, "std": std}
 
 
 def evaluate_checkpoints(checkpoint: str, data_path: str, *, rates, patterns, seed: int = 1111,
                          device: str = "cpu", dataset: str | None = None, split: str = "test",
-                         progress: bool = True) -> dict:
+                         progress: bool = True, strict: bool = False) -> dict:
     """Evaluate one checkpoint file or a (multi-seed) run directory; returns the model's results
-    entry ``{"per_seed": ..., "mean": ..., "std": ..., "meta": ...}``."""
+    entry ``{"per_seed": ..., "mean": ..., "std": ..., "meta": ...}``.
+
+    Every checkpoint is loaded before any evaluation starts. A checkpoint whose feature dims
+    differ from the data file's, an empty ``split``, or a damaged checkpoint is a ``ValueError``
+    naming the files involved. ``strict`` is passed to :func:`fsrf.data.load_mmsa`.
+    """
     from fsrf.data import load_dataset
     from fsrf.training.checkpoint import resolve_checkpoints
-    from fsrf.training.fit import load_model
 
     ckpts = resolve_checkpoints(checkpoint)
-    data = None
+    models = {key: _load_for_eval(path, device) for key, path in ckpts.items()}
+    first_meta = next(iter(models.values()))[1]
+    data, guessed = load_dataset(data_path, dataset or first_meta.get("dataset"), strict=strict)
+    if len(data.split(split)) == 0:
+        raise ValueError(f"{data_path}: split '{split}' has 0 samples; nothing to evaluate (choose another --split)")
+    data_dims = {m: int(d) for m, d in data.dims.items()}
+    for key, path in ckpts.items():
+        ck_dims = {m: int(d) for m, d in dict(models[key][1].get("modality_dims") or {}).items()}
+        if ck_dims != data_dims:
+            diff = ", ".join(f"{m} {ck_dims.get(m, '-')} vs {data_dims.get(m, '-')}"
+                             for m in dict.fromkeys([*ck_dims, *data_dims]) if ck_dims.get(m) != data_dims.get(m))
+            raise ValueError(f"checkpoint {path} was trained on feature dims {ck_dims} but data file {data_path} "
+                             f"has {data_dims} ({diff}); evaluate it on a file with the features it was trained "
+                             f"on, or train a model on {data_path}")
     per_seed, metas = {}, {}
     for key, path in ckpts.items():
-        model, meta = load_model(path, device=device)
-        kind = dataset or meta.get("dataset")
-        if data is None:
-            data, guessed = load_dataset(data_path, kind)
-            kind = kind or guessed
+        model, meta = models[key]
+        kind = dataset or meta.get("dataset") or guessed
         seed_key = str(meta.get("seed") if key is None else key)
         per_seed[seed_key] = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=seed,
                                          device=device, progress=progress)
@@ -131,3 +146,23 @@ def evaluate_checkpoints(checkpoint: str, data_path: str, *, rates, patterns, se
                            "model_config": meta.get("model_config")}
     agg = aggregate_seeds(per_seed)
     return {"per_seed": per_seed, "mean": agg["mean"], "std": agg["std"], "meta": metas}
+
+
+def _load_for_eval(path, device: str):
+    from pathlib import Path
+
+    from fsrf.training.checkpoint import load_checkpoint
+    from fsrf.training.trainer import load_model
+
+    try:
+        return load_model(path, device=device)
+    except ValueError as exc:
+        last = Path(path).with_name("last.pt")
+        if Path(path).name != "best.pt" or not last.is_file():
+            raise
+        try:
+            load_checkpoint(last)
+        except (ValueError, OSError):
+            raise exc from None
+        raise ValueError(f"{exc}; the run's {last} is intact: delete {path} and rerun `fsrf train` on that "
+                         f"folder with --resume and the same settings to rebuild it") from None

@@ -1,8 +1,15 @@
 """Results of a robustness evaluation as files and tables: ``results.json``, ``results.csv``,
-``robustness.png`` (every file written atomically) and the plain-text table printed by the CLI.
+``robustness.png`` (written as one unit) and the plain-text table printed by the CLI.
 
 ``results`` = ``{"models": {name: {"mean": {...}, "std": {...}, "per_seed": {...}}}, "meta": {...}}``
 with ``{kind: {condition: {metric: value}}}`` blocks (kind ``intra`` or ``inter``).
+
+One :func:`write_results` call stamps its three files with one ``run_id`` (``meta.run_id`` in
+the JSON, a ``run_id`` column in the CSV, a ``fsrf_run_id`` text chunk in the PNG), writes them
+completely into a private temp folder inside the output folder, and only then renames them into
+place, ``results.json`` last. :func:`read_results` checks that the files it finds share the run id.
+A run killed before the renames leaves the previous files as they were; its temp folder is removed
+by the next :func:`write_results` on that folder.
 """
 
 from __future__ import annotations
@@ -11,17 +18,31 @@ import csv
 import io
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from fsrf.runtime.io import atomic_write, atomic_write_text
+from fsrf.runtime.io import (
+    atomic_write,
+    atomic_write_text,
+    commit_temp_dir,
+    ensure_dir,
+    make_temp_dir,
+    remove_stale_temps,
+)
 
-__all__ = ["write_results", "format_table", "plot_robustness"]
+__all__ = ["write_results", "read_results", "format_table", "plot_robustness", "RESULT_FILES"]
+
+#: The files of one results unit, in the order :func:`write_results` renames them into place.
+RESULT_FILES = ("robustness.png", "results.csv", "results.json")
+_PNG_KEY = "fsrf_run_id"
 
 
 def _rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    run_id = results.get("meta", {}).get("run_id")
     rows = []
     for model_name, r in results["models"].items():
         blocks = [("mean", r["mean"])] if "mean" in r else []
@@ -33,7 +54,7 @@ def _rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 for cond, mets in block.get(kind, {}).items():
                     for name, val in mets.items():
                         row = {"model": model_name, "aggregate": label, "protocol": kind, "condition": cond,
-                               "metric": name, "value": val}
+                               "metric": name, "value": val, "run_id": run_id}
                         if label == "mean" and std is not None:
                             row["std"] = std[kind][cond][name]
                         rows.append(row)
@@ -42,23 +63,110 @@ def _rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike, *, plot: bool = True,
                   metric: str | None = None) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv`` and (``plot``) ``robustness.png`` atomically to ``out_dir``.
+    """Write ``results.json``, ``results.csv`` and (``plot``) ``robustness.png`` to ``out_dir`` as one unit.
 
     ``results`` = ``{"models": {name: {"mean": {...}, "std": {...}, "per_seed": {...}}}, "meta": {...}}``.
+    The files get a fresh ``run_id`` (``meta.run_id`` in the JSON; the caller's dict is not
+    changed), are written into a temp folder in ``out_dir`` and renamed into place once all are
+    complete. With ``plot=False`` an older ``robustness.png`` is removed, since it would belong
+    to other results. Temp files and folders left in ``out_dir`` by killed runs are removed first.
+    Returns ``{"json": path, "csv": path[, "png": path]}``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=_json_default))}
-    buf = io.StringIO()
-    rows = _rows(results)
-    w = csv.DictWriter(buf, fieldnames=["model", "aggregate", "protocol", "condition", "metric", "value", "std"])
-    w.writeheader()
-    for row in rows:
-        w.writerow(row)
-    paths["csv"] = atomic_write_text(out / "results.csv", buf.getvalue())
+    out = ensure_dir(out_dir)
+    remove_stale_temps(out)
+    results = {**results, "meta": {**results.get("meta", {}), "run_id": uuid.uuid4().hex}}
+    staging = make_temp_dir(out, "results")
+    try:
+        atomic_write_text(staging / "results.json", json.dumps(results, indent=2, default=_json_default))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["model", "aggregate", "protocol", "condition", "metric", "value", "std",
+                                            "run_id"])
+        w.writeheader()
+        for row in _rows(results):
+            w.writerow(row)
+        atomic_write_text(staging / "results.csv", buf.getvalue())
+        if plot:
+            plot_robustness(results, staging / "robustness.png", metric=metric)
+        names = [n for n in RESULT_FILES if plot or n != "robustness.png"]
+        if not plot:
+            try:
+                os.unlink(out / "robustness.png")
+            except FileNotFoundError:
+                pass
+        done = commit_temp_dir(staging, names, out)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename).parent == staging:
+            exc.filename = str(out / Path(exc.filename).name)  # the user knows the result, not the temp folder
+        raise
+    by_name = {p.name: p for p in done}
+    paths = {"json": by_name["results.json"], "csv": by_name["results.csv"]}
     if plot:
-        paths["png"] = plot_robustness(results, out / "robustness.png", metric=metric)
+        paths["png"] = by_name["robustness.png"]
     return paths
+
+
+def read_results(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``results.json`` from ``out_dir`` after checking that ``results.csv`` and
+    ``robustness.png`` there (when present) come from the same :func:`write_results` call.
+
+    Raises ``FileNotFoundError`` without ``results.json`` and ``ValueError`` naming the files when
+    their run ids differ (a write was interrupted between its renames, or the files were copied
+    from different runs: rerun the evaluation).
+    """
+    out = Path(os.fspath(out_dir))
+    jpath = out / "results.json"
+    if not jpath.is_file():
+        raise FileNotFoundError(f"no results.json in {out}")
+    try:
+        results = json.loads(jpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{jpath} is not valid JSON: {exc}") from None
+    run_id = results.get("meta", {}).get("run_id") if isinstance(results, dict) else None
+    found = {}
+    cpath = out / "results.csv"
+    if cpath.is_file():
+        with open(cpath, newline="", encoding="utf-8") as fh:
+            ids = {row.get("run_id") or None for row in csv.DictReader(fh)}
+        if ids:
+            found["results.csv"] = ids.pop() if len(ids) == 1 else ", ".join(sorted(map(str, ids)))
+    ppath = out / "robustness.png"
+    if ppath.is_file():
+        found["robustness.png"] = _png_text(ppath).get(_PNG_KEY)
+    for name, other in found.items():
+        if other != run_id:
+            raise ValueError(f"{out / name} comes from evaluation run {other} but {jpath} from run {run_id}; "
+                             f"the files in {out} are not one result: rerun the evaluation into this folder")
+    return results
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    # tEXt chunks of a PNG, read directly so that reading results needs no imaging library
+    import struct
+    import zlib
+
+    out: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return out
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return out
+            length, kind = struct.unpack(">I4s", head)
+            body = fh.read(length)
+            fh.read(4)
+            if kind == b"tEXt" and b"\0" in body:
+                k, v = body.split(b"\0", 1)
+                out[k.decode("latin-1")] = v.decode("latin-1")
+            elif kind == b"zTXt" and b"\0" in body:
+                k, v = body.split(b"\0", 1)
+                try:
+                    out[k.decode("latin-1")] = zlib.decompress(v[1:]).decode("latin-1")
+                except zlib.error:
+                    pass
+            elif kind == b"IEND":
+                return out
 
 
 def _json_default(o):
@@ -157,6 +265,8 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
         ax.axis("off")
     fig.tight_layout()
     try:
-        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+        run_id = results.get("meta", {}).get("run_id")
+        info = {_PNG_KEY: str(run_id)} if run_id else None
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, metadata=info))
     finally:
         plt.close(fig)

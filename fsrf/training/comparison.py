@@ -1,0 +1,347 @@
+"""The comparison harness: K models × S seeds on one MMSA file, every model evaluated under the
+same masks (every intra-modal rate and the seven availability patterns), mean ± std over seeds
+and a paired test of a reference model (FSRF by default) against each other model.
+
+Any ``nn.Module`` with ``forward(inputs, masks) -> (B,)`` can take part (see
+:class:`fsrf.models.ModelSpec`); ``training_loss(inputs, masks, labels, generator=None)`` is used
+when the model has one, the L1 loss otherwise. Every model of one seed sees the same training
+sampler draws, the same batch order and the same evaluation masks, so the seeds pair the models.
+
+Statistics. The unit of replication is the seed: one seed is one independent training run of
+every model. For each condition, and for the condition groups papers summarise ("r ≥ 0.5", "r <
+0.5", "the 7 patterns": per seed the mean over the group's conditions), the harness reports the
+mean and the sample standard deviation (ddof = 1) over seeds, and a two-sided **paired t-test
+over seeds** (``scipy.stats.ttest_rel``) of reference minus other. Why that test: differences of
+the same seed are paired by construction (same data order and masks), conditions within a seed
+are not independent (one trained model), so they are averaged, not pooled as samples; with 5
+seeds the exact sign-flip and Wilcoxon tests cannot go below p = 1/16 two-sided, whereas the
+t-test can, at the price of assuming roughly normal seed-to-seed differences. The exact sign-flip
+p-value is reported beside it as the assumption-free check.
+
+Work resumes: each (model, seed) writes ``<out>/<model>/seed_<seed>/eval.json`` when done and
+training resumes from ``last.pt``, so a rerun of the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from fsrf.models import ModelSpec
+from fsrf.runtime.io import atomic_write_text
+
+__all__ = ["default_specs", "compare", "paired_tests", "summarise", "format_comparison", "GROUPS",
+           "DEFAULT_SEEDS"]
+
+DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+
+#: Condition groups of the summary: name -> (protocol, predicate on the condition key).
+GROUPS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "intra r>=0.5": ("intra", lambda c: float(c) >= 0.5 - 1e-9),
+    "intra r<0.5": ("intra", lambda c: float(c) < 0.5 - 1e-9),
+    "inter (7 patterns)": ("inter", lambda c: True),
+}
+
+
+def default_specs(d_model: int = 64, *, fsrf_config=None, mult_d_model: int = 32,
+                  modality_dropout: float = 0.3) -> list[ModelSpec]:
+    """FSRF, its three ablations and the built-in baselines, at width ``d_model``.
+
+    ``fsrf_config`` is the FSRFConfig of the full model (default: the method's defaults at
+    ``d_model``); the ablations switch off ``dhf``, ``das`` or ``recovery`` of that config.
+    """
+    from fsrf.config import FSRFConfig
+
+    cfg = fsrf_config or FSRFConfig(d_model=d_model, num_heads=4)
+    full = cfg.to_dict()
+    return [
+        ModelSpec("FSRF", kind="fsrf", kwargs=full),
+        ModelSpec("FSRF w/o DHF", kind="fsrf", kwargs={**full, "dhf": False}),
+        ModelSpec("FSRF w/o DAS", kind="fsrf", kwargs={**full, "das": False}),
+        ModelSpec("FSRF w/o recovery", kind="fsrf", kwargs={**full, "recovery": False}),
+        ModelSpec("late fusion", kind="late_fusion", kwargs={"d_model": d_model}),
+        ModelSpec("late fusion + modality dropout", kind="late_fusion",
+                  kwargs={"d_model": d_model, "modality_dropout": modality_dropout}),
+        ModelSpec("MulT", kind="mult", kwargs={"d_model": mult_d_model}),
+    ]
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+    return s or "model"
+
+
+def _check_specs(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ValueError(f"specs must be a non-empty list of fsrf.models.ModelSpec; got {specs!r}")
+    for i, s in enumerate(specs):
+        if not isinstance(s, ModelSpec):
+            raise TypeError(f"specs[{i}] must be an fsrf.models.ModelSpec; got {type(s).__name__}")
+    names = [s.name for s in specs]
+    slugs = [_slug(n) for n in names]
+    dup = sorted({n for n, g in zip(names, slugs) if slugs.count(g) > 1})
+    if dup:
+        raise ValueError(f"model names must differ (also after making them folder names); clashing: {dup}")
+    return list(specs)
+
+
+def _check_seeds(seeds) -> list[int]:
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ValueError(f"seeds must be a non-empty list of ints; got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"seeds must be ints; got {s!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must not repeat; got {list(seeds)}")
+    return [int(s) for s in seeds]
+
+
+def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] = DEFAULT_SEEDS,
+            dataset: str | None = None, settings=None, rates: Iterable[float] | None = None,
+            patterns: Iterable[str] | None = None, mask_seed: int = 1111, reference: str | None = None,
+            split: str = "test", device: str | None = None, progress: bool = True,
+            log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train every model of ``specs`` with every seed on ``data`` and evaluate them alike.
+
+    Args:
+        data: an :class:`fsrf.data.MMSADataset`.
+        specs: the models (:class:`fsrf.models.ModelSpec`; :func:`default_specs` for the built-in set).
+        out_dir: run folder; ``<model>/seed_<seed>/`` per run, ``results.json``, ``results.csv``,
+            ``robustness.png`` and ``comparison.md`` at the top.
+        seeds: training seeds (5 by default); every model uses each of them.
+        dataset: ``mosi``/``mosei``/``sims`` (metrics); guessed from ``data`` when None.
+        settings: :class:`fsrf.training.TrainSettings` shared by all models (a spec's ``train``
+            overrides fields of it). Model selection uses the validation split.
+        rates, patterns: evaluation conditions (default every rate 0.0..0.9 and the 7 patterns).
+        mask_seed: seed of the evaluation masks, the same for every model and seed.
+        reference: the model the paired tests compare with the others (default: the first spec).
+        split: the split evaluated (``test``).
+        device: overrides ``settings.device``.
+
+    Returns the results dict also written to ``results.json``: ``models`` ({name: {"per_seed",
+    "mean", "std"}}), ``summary`` (per model and group, per seed), ``tests`` (paired tests of the
+    reference against each model) and ``meta``.
+    """
+    import dataclasses
+
+    from fsrf.missing import ALL_PATTERNS
+    from fsrf.training.evaluation import DEFAULT_RATES, aggregate_seeds, robust_eval
+    from fsrf.training.trainer import TrainSettings, fit, load_weights
+    from fsrf.training.results import write_results
+
+    specs = _check_specs(specs)
+    seeds = _check_seeds(list(seeds))
+    settings = settings or TrainSettings()
+    if device is not None:
+        settings = dataclasses.replace(settings, device=device)
+    rates = tuple(DEFAULT_RATES if rates is None else rates)
+    patterns = tuple(ALL_PATTERNS if patterns is None else patterns)
+    kind = dataset or data.dataset_kind
+    if kind is None:
+        raise ValueError("cannot tell the dataset of the data; pass dataset='mosi'|'mosei'|'sims'")
+    names = [s.name for s in specs]
+    reference = names[0] if reference is None else reference
+    if reference not in names:
+        raise ValueError(f"reference must be one of the model names {names}; got {reference!r}")
+    say = log or (lambda s: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    protocol = {"rates": list(rates), "patterns": list(patterns), "mask_seed": int(mask_seed), "split": split}
+    t_start = time.perf_counter()
+    per_model: dict[str, dict[str, Any]] = {n: {} for n in names}
+    timing: dict[str, dict[str, float]] = {n: {} for n in names}
+    jobs = list(itertools.product(seeds, specs))  # seed-major: every seed's models finish together
+    for k, (seed, spec) in enumerate(jobs, 1):
+        run_dir = out / _slug(spec.name) / f"seed_{seed}"
+        done = run_dir / "eval.json"
+        if done.is_file():
+            rec = json.loads(done.read_text(encoding="utf-8"))
+            if rec.get("protocol") == protocol:
+                per_model[spec.name][str(seed)] = rec["results"]
+                timing[spec.name][str(seed)] = rec.get("seconds", float("nan"))
+                say(f"[{k}/{len(jobs)}] {spec.name}, seed {seed}: done before (results in {done})")
+                continue
+        t0 = time.perf_counter()
+        run_settings = dataclasses.replace(settings, **dict(spec.train)) if spec.train else settings
+        say(f"[{k}/{len(jobs)}] training {spec.name}, seed {seed} -> {run_dir}")
+        res = fit(data, run_dir, model=spec, settings=run_settings, seed=seed, dataset=kind, resume=True,
+                  log=None if not progress else say)
+        model = load_weights(spec, data.dims, run_dir / "best.pt", device=run_settings.device)
+        ev = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=mask_seed,
+                         device=run_settings.device, progress=progress)
+        secs = time.perf_counter() - t0
+        atomic_write_text(done, json.dumps({"model": spec.name, "seed": seed, "protocol": protocol, "results": ev,
+                                            "best_epoch": res["best_epoch"], "seconds": secs}, indent=2))
+        per_model[spec.name][str(seed)] = ev
+        timing[spec.name][str(seed)] = secs
+        say(f"[{k}/{len(jobs)}] {spec.name}, seed {seed}: best epoch {res['best_epoch'] + 1}, {secs:.0f}s")
+
+    models = {}
+    for n in names:
+        agg = aggregate_seeds(per_model[n])
+        models[n] = {"per_seed": per_model[n], "mean": agg["mean"], "std": agg["std"]}
+    results = {"models": models,
+               "meta": {"dataset": kind, "data": str(getattr(data, "path", "")), "seeds": seeds,
+                        "reference": reference, **protocol, "settings": settings.to_dict(),
+                        "specs": [{"name": s.name, "kind": s.kind, "kwargs": dict(s.kwargs), "train": dict(s.train)}
+                                  if s.kind is not None else {"name": s.name, "kind": None, "build": repr(s.build)}
+                                  for s in specs],
+                        "seconds": {n: timing[n] for n in names},
+                        "wall_seconds": round(time.perf_counter() - t_start, 1)}}
+    results["summary"] = summarise(results)
+    results["tests"] = paired_tests(results, reference)
+    write_results(results, out)
+    atomic_write_text(out / "comparison.md", format_comparison(results))
+    say(format_comparison(results))
+    return results
+
+
+def _metric_names(dataset: str | None) -> tuple[str, str]:
+    return ("F1_score", "MAE") if dataset == "sims" else ("Has0_F1_score", "MAE")
+
+
+def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Per model and group of :data:`GROUPS`: each seed's mean over the group's conditions of every
+    metric, then ``{"per_seed": {seed: {metric: v}}, "mean": {...}, "std": {...}}``."""
+    out: dict[str, Any] = {}
+    for name, entry in results["models"].items():
+        out[name] = {}
+        for group, (kind, keep) in GROUPS.items():
+            per_seed = {}
+            for seed, res in entry["per_seed"].items():
+                conds = [c for c in res.get(kind, {}) if keep(c)]
+                if not conds:
+                    continue
+                metrics = res[kind][conds[0]].keys()
+                per_seed[seed] = {m: float(np.mean([res[kind][c][m] for c in conds])) for m in metrics}
+            if per_seed:
+                out[name][group] = {"per_seed": per_seed, **_mean_std(per_seed)}
+    return out
+
+
+def _mean_std(per_seed: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    seeds = list(per_seed)
+    mean, std = {}, {}
+    for m in per_seed[seeds[0]]:
+        v = np.array([per_seed[s][m] for s in seeds], dtype=np.float64)
+        mean[m] = float(v.mean())
+        std[m] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return {"mean": mean, "std": std}
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Paired tests of ``a - b`` over seeds: t-test (two-sided) and the exact sign-flip test."""
+    from scipy import stats
+
+    d = a - b
+    n = len(d)
+    res = {"diff": float(d.mean()), "n": n, "t_p": float("nan"), "signflip_p": float("nan")}
+    if n < 2:
+        return res
+    if np.allclose(d, d[0]):  # a constant difference has no spread: the t statistic is undefined
+        res["t_p"] = 1.0 if d[0] == 0 else 0.0
+    else:
+        res["t_p"] = float(stats.ttest_rel(a, b).pvalue)
+    # every assignment of signs to the |d_i| is equally likely under H0 (exact for n <= 16)
+    if n <= 16:
+        absd = np.abs(d)
+        obs = abs(d.sum())
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        res["signflip_p"] = float(np.mean(np.abs(signs @ absd) >= obs - 1e-12))
+    return res
+
+
+def paired_tests(results: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    """Paired tests of ``reference`` against every other model, per condition and per group.
+
+    Returns ``{other: {"groups": {group: {metric: test}}, "conditions": {kind: {cond: {metric:
+    test}}}}}`` where a test is ``{"diff": mean(reference − other), "n", "t_p", "signflip_p"}``.
+    Only the seeds both models have are used.
+    """
+    models = results["models"]
+    summary = results.get("summary") or summarise(results)
+    ref = models[reference]["per_seed"]
+    out: dict[str, Any] = {}
+    for other, entry in models.items():
+        if other == reference:
+            continue
+        seeds = [s for s in ref if s in entry["per_seed"]]
+        groups = {}
+        for g, block in summary.get(reference, {}).items():
+            ob = summary.get(other, {}).get(g)
+            if ob is None:
+                continue
+            ss = [s for s in seeds if s in block["per_seed"] and s in ob["per_seed"]]
+            groups[g] = {m: _paired(np.array([block["per_seed"][s][m] for s in ss]),
+                                    np.array([ob["per_seed"][s][m] for s in ss])) for m in block["mean"]}
+        conds: dict[str, Any] = {}
+        for kind in ("intra", "inter"):
+            for c in (ref[seeds[0]].get(kind, {}) if seeds else {}):
+                conds.setdefault(kind, {})[c] = {
+                    m: _paired(np.array([ref[s][kind][c][m] for s in seeds]),
+                               np.array([entry["per_seed"][s][kind][c][m] for s in seeds]))
+                    for m in ref[seeds[0]][kind][c]}
+        out[other] = {"groups": groups, "conditions": conds}
+    return out
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def format_comparison(results: Mapping[str, Any]) -> str:
+    """Markdown tables in the layout MSA papers print: a summary per condition group with the
+    paired tests' p-values, F1 and MAE per intra-modal rate, and F1 per availability pattern
+    (columns L, A, V, LA, LV, AV, LAV, Avg)."""
+    meta = results.get("meta", {})
+    f1, mae = _metric_names(meta.get("dataset"))
+    ref = meta.get("reference") or next(iter(results["models"]))
+    summary = results.get("summary") or summarise(results)
+    tests = results.get("tests") or paired_tests(results, ref)
+    seeds = meta.get("seeds", [])
+    lines = [f"Test split, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std over seeds; "
+             f"p: paired t-test over seeds of {ref} vs. the row's model (exact sign-flip p in brackets).", ""]
+    head = "| model |" + "".join(f" {g} {f1} | p | {g} {mae} | p |" for g in GROUPS)
+    lines += [head, "|---|" + "---:|" * (4 * len(GROUPS))]
+    for name in results["models"]:
+        row = f"| {name} |"
+        for g in GROUPS:
+            blk = summary.get(name, {}).get(g)
+            for metric in (f1, mae):
+                if blk is None:
+                    row += " – | – |"
+                    continue
+                row += f" {_pm(blk['mean'][metric], blk['std'][metric])} |"
+                t = tests.get(name, {}).get("groups", {}).get(g, {}).get(metric)
+                row += f" {_p(t['t_p'])} ({_p(t['signflip_p'])}) |" if t else " |"
+        lines.append(row)
+    for kind, title, metrics in (("intra", "intra-modal missing rate r", (f1, mae)),
+                                 ("inter", "available modalities", (f1, mae))):
+        first = next(iter(results["models"].values()))["mean"].get(kind, {})
+        conds = list(first)
+        if not conds:
+            continue
+        for metric in metrics:
+            labels = [c.upper() if kind == "inter" else c for c in conds]
+            lines += ["", f"{metric} by {title}", "",
+                      "| model | " + " | ".join(labels) + " | Avg |", "|---|" + "---:|" * (len(conds) + 1)]
+            for name, entry in results["models"].items():
+                cells = [_pm(entry["mean"][kind][c][metric], entry["std"][kind][c][metric]) for c in conds]
+                avg = np.mean([entry["mean"][kind][c][metric] for c in conds])
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg:.3f} |")
+    return "\n".join(lines) + "\n"

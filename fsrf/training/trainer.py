@@ -1,0 +1,505 @@
+"""Training of any model (:class:`fsrf.FSRFModel` by default) on an MMSA split: LNLN missingness, early stopping on
+validation, an atomic checkpoint every epoch, exact resume, and DDP (``torchrun``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from fsrf.config import FSRFConfig
+from fsrf.models import ModelSpec, build_model
+from fsrf.runtime.io import atomic_write_text, ensure_dir, remove_stale_temps
+from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
+from fsrf.training.lock import FolderLock, lock_folder
+
+__all__ = ["TrainSettings", "fit", "load_model", "load_weights", "set_deterministic", "SELECTIONS"]
+
+SELECTIONS = ("valid", "lnln-test@0.5")
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and protocol settings of :func:`fit` (model settings live in FSRFConfig).
+
+    ``selection``: ``"valid"`` (default) keeps the epoch with the lowest validation MAE averaged
+    over ``select_rates`` (frame-drop rates applied to the valid split with the evaluation seed);
+    ``"lnln-test@0.5"`` reproduces LNLN's policy of selecting on the *test* split at rate 0.5 —
+    comparable with LNLN's tables but optimistic; it is recorded in every output.
+    ``train_missing``: ``"lnln"`` (per-sample U(0,1) rates, half the samples complete, redrawn each
+    epoch) or ``"none"``.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 6
+    selection: str = "valid"
+    select_rates: tuple[float, ...] = (0.0, 0.5)
+    train_missing: str = "lnln"
+    eval_seed: int = 1111
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    deterministic: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        for name in ("lr",):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"{name} must be a positive number; got {v!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}; got {self.selection!r}")
+        if self.train_missing not in ("lnln", "none"):
+            raise ValueError(f"train_missing must be 'lnln' or 'none'; got {self.train_missing!r}")
+        self.select_rates = tuple(float(r) for r in self.select_rates)
+        if not self.select_rates or any(not 0.0 <= r <= 1.0 for r in self.select_rates):
+            raise ValueError(f"select_rates must be rates in [0, 1]; got {self.select_rates!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = dataclasses.asdict(self)
+        d["select_rates"] = list(self.select_rates)
+        return d
+
+
+def set_deterministic(seed: int) -> None:
+    """Seed torch and make its kernels deterministic (MMSA's flags; CUBLAS workspace on CUDA)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# -- distributed helpers ---------------------------------------------------------------------
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """Initialise torch.distributed from torchrun's environment (``gloo`` on CPU, ``nccl`` on CUDA).
+
+    Returns ``(rank, world_size, device)``; without ``WORLD_SIZE`` > 1 nothing is initialised.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank()
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return rank, dist.get_world_size(), device
+
+
+class _LossModule(nn.Module):
+    """Routes the model's objective through ``forward`` so DDP synchronises its gradients.
+
+    A model with ``training_loss(inputs, masks, labels, generator=None)`` uses it (returning
+    ``(loss, parts)`` or just ``loss``); any other model is trained on the L1 loss of its
+    predictions, MMSA's regression objective.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, masks, labels, generator):
+        fn = getattr(self.model, "training_loss", None)
+        if fn is None:
+            loss = F.l1_loss(self.model(inputs, masks).float(), labels.float())
+            return loss, {"task_a": loss.detach(), "total": loss.detach()}
+        out = fn(inputs, masks, labels, generator=generator)
+        loss, parts = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"{type(self.model).__name__}.training_loss must return a 0-dim loss tensor (or "
+                            f"(loss, parts)); got {type(loss).__name__}")
+        parts = dict(parts)
+        parts.setdefault("total", loss.detach())
+        return loss, parts
+
+
+def _model_spec(config: FSRFConfig | None, model: ModelSpec | None) -> ModelSpec:
+    if model is not None and config is not None:
+        raise ValueError("give fit either config= (an FSRFModel) or model= (any ModelSpec), not both")
+    if model is None:
+        return ModelSpec("FSRF", kind="fsrf", kwargs=(config or FSRFConfig()).to_dict())
+    if not isinstance(model, ModelSpec):
+        raise TypeError(f"model must be an fsrf.models.ModelSpec; got {type(model).__name__}")
+    return model
+
+
+def _identity(spec: ModelSpec) -> dict[str, Any]:
+    """What a checkpoint records to tell which model wrote it (kind and kwargs, or the name of a
+    user-built model)."""
+    if spec.kind is None:
+        return {"model_kind": None, "model_name": spec.name, "model_config": {}}
+    return {"model_kind": spec.kind, "model_name": spec.name, "model_config": dict(spec.kwargs)}
+
+
+def _same_model(ck: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
+    kind = ck.get("model_kind", "fsrf")  # checkpoints older than the model registry held FSRF only
+    if kind != ident["model_kind"]:
+        return False
+    if kind is None:
+        return ck.get("model_name") == ident["model_name"]
+    return ck.get("model_config") == ident["model_config"]
+
+
+# -- evaluation helpers used during training ---------------------------------------------------
+@torch.no_grad()
+def predict_split(model: nn.Module, split, *, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """Predictions (N,) of ``model`` on every sample of ``split`` (eval mode, no aux losses)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        b = split.batch(np.arange(start, min(start + batch_size, len(split))))
+        inputs = {m: x.to(device) for m, x in b["inputs"].items()}
+        masks = {m: x.to(device) for m, x in b["masks"].items()}
+        out.append(model(inputs, masks).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _selection_score(model, data, settings: TrainSettings, device: str) -> float:
+    from fsrf.missing import corrupt_split
+
+    if settings.selection == "valid":
+        split, rates = data.split("valid"), settings.select_rates
+    else:
+        split, rates = data.split("test"), (0.5,)
+    maes = []
+    for r in rates:
+        sp = corrupt_split(split, rate=r, seed=settings.eval_seed) if r > 0 else split
+        pred = predict_split(model, sp, batch_size=settings.eval_batch_size, device=device)
+        maes.append(float(np.mean(np.abs(pred.astype(np.float64) - sp.labels.astype(np.float64)))))
+    return float(np.mean(maes))
+
+
+def check_trainable(data, settings: TrainSettings, world_size: int = 1) -> None:
+    """Refuse data that :func:`fit` cannot train on, naming the file and the split.
+
+    The train split needs two samples per batch on every process (MMD and decorrelation are batch
+    statistics); the split the model is selected on (``valid``, or ``test`` for
+    ``selection="lnln-test@0.5"``) needs at least one. :func:`fsrf.data.load_mmsa` itself accepts
+    empty splits, so that a file can still be described or evaluated on the splits it has.
+    """
+    source = getattr(data, "path", None) or "the data"
+    need = 2 * world_size
+    n_train = len(data.split("train"))
+    if n_train < need:
+        per = f" (two per batch on each of {world_size} processes)" if world_size > 1 else " (two per batch)"
+        raise ValueError(f"{source}: split 'train' has {n_train} sample(s); training needs at least {need}{per}")
+    sel = "valid" if settings.selection == "valid" else "test"
+    if len(data.split(sel)) == 0:
+        raise ValueError(f"{source}: split '{sel}' has 0 samples; model selection (selection="
+                         f"{settings.selection!r}) needs at least one")
+
+
+def _load_for_resume(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        return load_checkpoint(path, map_location="cpu")
+    except ValueError as exc:
+        raise ValueError(f"cannot resume: {exc}; {fix}") from None
+
+
+def _to_device(b: dict, device: str):
+    return ({m: x.to(device) for m, x in b["inputs"].items()}, {m: x.to(device) for m, x in b["masks"].items()},
+            b["labels"].to(device))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+def fit(data, out_dir: str | os.PathLike, *, config: FSRFConfig | None = None, settings: TrainSettings | None = None,
+        seed: int = 1111, dataset: str | None = None, resume: bool = False,
+        log: Callable[[str], None] | None = print, model: ModelSpec | None = None) -> dict[str, Any]:
+    """Train one model on ``data`` (an :class:`fsrf.data.MMSADataset`) and keep the best epoch.
+
+    The model is an :class:`fsrf.FSRFModel` with ``config`` (default), or any model described by
+    ``model`` (an :class:`fsrf.models.ModelSpec`: a built-in kind, or your own builder); give one
+    of the two. Models without a ``training_loss`` are trained on the L1 loss.
+
+    Writes to ``out_dir``: ``last.pt`` (every epoch, atomically: model, optimizer, RNG state,
+    history — what ``resume=True`` continues from, losing at most the epoch in progress),
+    ``best.pt`` (the selected model with its config), ``config.json`` (model config, training
+    settings, seed, dataset, selection policy) and ``history.json``.
+
+    Returns a summary dict: ``best_epoch``, ``best_score``, ``epochs_run``, ``stopped_early``,
+    ``history``, ``checkpoint`` (path of best.pt).
+
+    Before anything is written, :func:`check_trainable` refuses a train split too small to train on
+    or an empty selection split. ``out_dir`` is locked for the run (:func:`fsrf.training.lock.lock_folder`,
+    rank 0 only): a second run on it fails at once naming the holder's PID, and the lock of a
+    run that died is taken over. With ``resume=True`` every checkpoint the run will report is
+    verified first: a damaged ``last.pt`` or ``best.pt``, or one written for other data, seed or
+    config, is a ``ValueError`` that says what to do; a missing ``best.pt`` next to an intact
+    ``last.pt`` (the fix for a damaged one) restarts model selection from ``last.pt``. The run
+    ends by loading ``best.pt`` and ``last.pt`` back, so a returned summary always points at
+    loadable files.
+    """
+    spec = _model_spec(config, model)
+    settings = settings or TrainSettings()
+    out = Path(out_dir)
+    rank, world, device = init_distributed(settings.device)
+    is_main = rank == 0
+    say = (log if (log is not None and is_main) else (lambda s: None))
+    if settings.deterministic:
+        set_deterministic(seed)
+    else:
+        torch.manual_seed(seed)
+    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {settings.device!r} requested but CUDA is not available")
+
+    check_trainable(data, settings, world)
+    dims = {m: int(d) for m, d in data.dims.items()}
+    net_model = spec.instantiate(dims).to(device)
+    opt = torch.optim.AdamW(net_model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+    lock: FolderLock | None = None
+    if is_main:
+        ensure_dir(out)
+        lock = lock_folder(out)
+        if lock.previous:
+            say(f"took over the lock of {out} from PID {lock.previous.get('pid')}, which is no longer running")
+        elif not lock.held:
+            say(f"warning: {out} is not locked ({lock.reason}); do not start a second run on it")
+    try:
+        if is_main:
+            remove_stale_temps(out)
+        return _fit_locked(data, out, net_model, opt, ident=_identity(spec), settings=settings, seed=seed,
+                           dataset=dataset, resume=resume, say=say, device=device, rank=rank, world=world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, Any], settings: TrainSettings, seed: int,
+                dataset: str | None, resume: bool, say: Callable[[str], None], device: str, rank: int,
+                world: int) -> dict[str, Any]:
+    is_main = rank == 0
+    train = data.split("train")
+    dims = {m: int(d) for m, d in data.dims.items()}
+    history: list[dict[str, float]] = []
+    start_epoch, best_score, best_epoch, bad = 0, math.inf, -1, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    data_path = str(getattr(data, "path", ""))
+    rebuild_best, resumed_rng = False, None
+    if resume and last_path.exists():
+        ck = _load_for_resume(last_path, f"delete {last_path} to train {out} from scratch, "
+                                         f"or use another output folder")
+        if ck.get("seed") != seed or not _same_model(ck, ident):
+            raise ValueError(f"cannot resume from {last_path}: it was written with another seed or model config "
+                             f"(seed {ck.get('seed')}); use a fresh --out directory or the same settings")
+        ck_dims = {m: int(d) for m, d in dict(ck.get("modality_dims") or {}).items()}
+        if ck_dims != dims:
+            raise ValueError(f"cannot resume from {last_path}: it was trained on feature dims {ck_dims} "
+                             f"(data {ck.get('data_path') or 'unknown'}) but {data_path or 'the data'} has {dims}; "
+                             f"resume with the same data file or use a fresh --out directory")
+        last_epoch, ck_best = int(ck["epoch"]), int(ck["best_epoch"])
+        if ck_best >= 0 and best_path.exists():
+            bk = _load_for_resume(best_path,
+                                  f"{last_path} (epoch {last_epoch + 1}) is intact: delete {best_path} and rerun with "
+                                  f"--resume to continue from it (model selection then restarts at epoch "
+                                  f"{last_epoch + 1})")
+            # best.pt is saved before last.pt, so a run killed between the two leaves the best.pt of the
+            # epoch that is about to be trained again: it is rewritten when that epoch improves again
+            in_flight = (bk.get("epoch") == last_epoch + 1
+                         and float(bk.get("best_score", math.inf)) < float(ck["best_score"]))
+            if in_flight:
+                say(f"{best_path} is from epoch {last_epoch + 2}, which was interrupted before {last_path} was saved; "
+                    f"that epoch is trained again")
+            if (bk.get("seed") != seed or not _same_model(bk, ident)
+                    or (bk.get("epoch") != ck_best and not in_flight)):
+                raise ValueError(f"cannot resume: {best_path} (epoch {_epoch1(bk.get('epoch'))}, "
+                                 f"seed {bk.get('seed')}) is not the best model recorded in {last_path} "
+                                 f"(epoch {ck_best + 1}, seed {seed}); "
+                                 f"another run wrote into {out}: delete {best_path} and rerun with --resume to "
+                                 f"restart model selection from {last_path}, or use a fresh --out directory")
+        elif ck_best >= 0:
+            # best.pt is written before last.pt within an epoch, so it is missing only when removed
+            rebuild_best = True
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["torch_rng"])
+        resumed_rng = ck["torch_rng"]
+        start_epoch = last_epoch + 1
+        best_score, best_epoch, bad = float(ck["best_score"]), ck_best, int(ck["bad_epochs"])
+        history = list(ck["history"])
+        say(f"resumed from {last_path} at epoch {start_epoch}")
+    elif resume:
+        say(f"--resume: no {last_path} yet, starting from scratch")
+
+    meta = {**ident, "train": settings.to_dict(), "seed": int(seed),
+            "dataset": dataset, "data_path": data_path, "modality_dims": dims,
+            "selection": settings.selection, "eval_seed": settings.eval_seed, "world_size": world}
+    if is_main:
+        atomic_write_text(out / "config.json", json.dumps(meta, indent=2))
+    if rebuild_best:
+        best_score = _selection_score(model, data, settings, device)
+        best_epoch, bad = start_epoch - 1, 0
+        if is_main:
+            # best.pt first, then last.pt with the new selection state: the order of every epoch
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint({"model": state, **meta, "epoch": best_epoch, "best_score": best_score}, best_path)
+            save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": best_epoch,
+                             "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
+                             "history": history, "torch_rng": resumed_rng}, last_path)
+        say(f"{best_path} was missing: model selection restarts from {last_path} (epoch {start_epoch}, "
+            f"select MAE {best_score:.4f})")
+
+    net: nn.Module = _LossModule(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+
+    sampler = None
+    if settings.train_missing == "lnln":
+        from fsrf.missing import LNLNSampler
+        sampler = LNLNSampler(train, seed=seed)
+
+    stopped_early = bad >= settings.patience and start_epoch > 0
+    if stopped_early:
+        say(f"{out} had already stopped early at epoch {start_epoch} (no improvement for {bad} epochs)")
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    for epoch in range(start_epoch, settings.epochs if not stopped_early else start_epoch):
+        t0 = time.perf_counter()
+        split = sampler.epoch(epoch) if sampler is not None else train
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
+        order = order[rank::world]
+        view_gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+        model.train()
+        batches = range(0, len(order), settings.batch_size)
+        bar = None
+        if tqdm is not None and settings.progress and is_main:
+            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, unit="batch")
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for start in batches:
+            idx = order[start:start + settings.batch_size]
+            if len(idx) < 2:
+                continue  # batch statistics (MMD, decorrelation) need two samples
+            inputs, masks, labels = _to_device(split.batch(idx), device)
+            loss, parts = net(inputs, masks, labels, view_gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            opt.step()
+            n_batches += 1
+            vals = {k: float(v) for k, v in parts.items()}
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{vals['total']:.3f}", task=f"{vals.get('task_a', vals['total']):.3f}")
+        if bar is not None:
+            bar.close()
+        if not math.isfinite(sums.get("total", 0.0)):
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
+                                     f"lower --lr or check the data")
+        score = _selection_score(model, data, settings, device)
+        if not math.isfinite(score):
+            raise FloatingPointError(f"the selection MAE is {score} at epoch {epoch + 1}: the model predicts "
+                                     f"non-finite values; lower --lr or check the data")
+        row = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, "select_mae": score,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        improved = score < best_score - 1e-6
+        if improved:
+            best_score, best_epoch, bad = score, epoch, 0
+        else:
+            bad += 1
+        if is_main:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            if improved:
+                save_checkpoint({"model": state, **meta, "epoch": epoch, "best_score": best_score}, best_path)
+            save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": epoch,
+                             "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
+                             "history": history, "torch_rng": torch.get_rng_state()}, last_path)
+            atomic_write_text(out / "history.json", json.dumps(history, indent=2))
+        say(f"epoch {epoch + 1}/{settings.epochs}: loss {row.get('total', float('nan')):.4f}  "
+            f"task {row.get('task_a', float('nan')):.4f}  select MAE {score:.4f}"
+            f"{'  *best*' if improved else ''}  ({row['seconds']:.1f}s)")
+        if world > 1:
+            dist.barrier()
+        if bad >= settings.patience:
+            stopped_early = True
+            say(f"early stop: no improvement for {settings.patience} epochs (best epoch {best_epoch + 1})")
+            break
+    if is_main:
+        for path in (best_path, last_path):
+            try:
+                ck_end = load_checkpoint(path, map_location="cpu")
+            except (FileNotFoundError, ValueError) as exc:
+                raise ValueError(f"training in {out} ended but a checkpoint it reports does not load: {exc}") from None
+            if path == best_path and ck_end.get("epoch") != best_epoch:
+                raise ValueError(f"training in {out} ended with best epoch {best_epoch + 1}, but {best_path} holds "
+                                 f"epoch {_epoch1(ck_end.get('epoch'))} (a resumed epoch did not repeat exactly); "
+                                 f"delete {best_path} and rerun with --resume to select again from {last_path}")
+    return {"best_epoch": best_epoch, "best_score": best_score, "epochs_run": len(history),
+            "stopped_early": stopped_early, "history": history, "checkpoint": str(best_path)}
+
+
+def _epoch1(epoch) -> str:
+    return str(int(epoch) + 1) if isinstance(epoch, int) else "unknown"
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a ``best.pt``/``last.pt``; returns ``(model in eval mode, meta)``.
+
+    Works for every built-in model kind (:data:`fsrf.models.MODEL_KINDS`; checkpoints written
+    before the registry are FSRF). A model built by your own ``ModelSpec.build`` cannot be
+    rebuilt from a file: use :func:`load_weights` with the same spec.
+    """
+    ck = load_checkpoint(path, map_location=device)
+    kind = ck.get("model_kind", "fsrf")
+    if kind is None:
+        raise ValueError(f"checkpoint {path} holds {ck.get('model_name')!r}, a model built by user code; "
+                         f"rebuild it with fsrf.training.load_weights(spec, dims, path)")
+    try:
+        model = build_model(kind, ck["modality_dims"], **dict(ck["model_config"])).to(device)
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"checkpoint {path} does not match a {kind!r} model: {str(exc).splitlines()[0]}") from None
+    meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "torch_rng")}
+    return model.eval(), meta
+
+
+def load_weights(spec: ModelSpec, modality_dims: Mapping[str, int], path: str | os.PathLike,
+                 device: str = "cpu") -> nn.Module:
+    """A fresh model of ``spec`` with the weights of the checkpoint ``path``, in eval mode."""
+    ck = load_checkpoint(path, map_location=device)
+    model = spec.instantiate(modality_dims).to(device)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not hold weights of {spec.name!r}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return model.eval()

@@ -1,0 +1,151 @@
+"""The comparison harness (fsrf.training.compare and `fsrf compare`) at tiny sizes: every model
+under the same masks, seeds paired, statistics against independent formulas, resume, user models."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fsrf import cli
+from fsrf.data import load_mmsa, make_synthetic
+from fsrf.models import ModelSpec
+from fsrf.training import TrainSettings, compare
+from fsrf.training.comparison import _paired, paired_tests, summarise
+
+TINY = TrainSettings(epochs=1, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cmp") / "tiny.pkl"
+    make_synthetic("mosei", p, n_train=48, n_valid=16, n_test=24, seed=0)
+    return p
+
+
+class MeanText(nn.Module):
+    """A user's model without training_loss: a linear map of the mean text feature."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.lin = nn.Linear(dims["text"], 1)
+
+    def forward(self, inputs, masks=None):
+        x = inputs.get("text")
+        if x is None:
+            return self.lin.bias.expand(next(iter(inputs.values())).shape[0])
+        w = masks["text"].unsqueeze(-1).float() if masks else torch.ones_like(x[..., :1])
+        return self.lin((x * w).sum(1) / w.sum(1).clamp_min(1)).squeeze(-1)
+
+
+def _specs():
+    return [ModelSpec("late fusion", kind="late_fusion", kwargs={"d_model": 8}),
+            ModelSpec("mean text", build=MeanText)]
+
+
+def test_compare_trains_every_model_and_seed_and_writes_the_tables(tiny_file, tmp_path):
+    data = load_mmsa(tiny_file)
+    res = compare(data, _specs(), tmp_path, seeds=[1, 2], settings=TINY, rates=(0.0, 0.5, 0.9),
+                  patterns=("l", "av", "lav"), progress=False, log=None)
+    assert set(res["models"]) == {"late fusion", "mean text"}
+    for entry in res["models"].values():
+        assert set(entry["per_seed"]) == {"1", "2"}
+        assert list(entry["mean"]["intra"]) == ["0.0", "0.5", "0.9"]
+        assert list(entry["mean"]["inter"]) == ["l", "av", "lav"]
+        # std is the sample std over the two seeds
+        v = [entry["per_seed"][s]["intra"]["0.5"]["MAE"] for s in ("1", "2")]
+        assert entry["std"]["intra"]["0.5"]["MAE"] == pytest.approx(abs(v[0] - v[1]) / math.sqrt(2))
+    for name in ("comparison.md", "results.json", "results.csv", "robustness.png"):
+        assert (tmp_path / name).is_file()
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| mean text |" in table and "| L | AV | LAV | Avg |" in table
+    assert res["tests"]["mean text"]["groups"]["intra r>=0.5"]["MAE"]["n"] == 2
+
+
+def test_a_rerun_resumes_without_training_again(tiny_file, tmp_path, monkeypatch):
+    data = load_mmsa(tiny_file)
+    kw = dict(seeds=[1], settings=TINY, rates=(0.0,), patterns=("l",), progress=False, log=None)
+    first = compare(data, _specs(), tmp_path, **kw)
+    import fsrf.training.trainer as fit_module
+
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = compare(data, _specs(), tmp_path, **kw)
+    assert again["models"]["late fusion"]["per_seed"] == first["models"]["late fusion"]["per_seed"]
+
+
+def test_every_model_of_a_seed_sees_the_same_evaluation_masks(tiny_file, tmp_path, monkeypatch):
+    import fsrf.missing as missing
+
+    seen = []
+    real = missing.corrupt_split
+
+    def spy(split, **kw):
+        out = real(split, **kw)
+        if len(split) == 24:  # the test split
+            seen.append(tuple(np.packbits(out.masks[m]).tobytes() for m in sorted(out.masks)))
+        return out
+
+    monkeypatch.setattr(missing, "corrupt_split", spy)
+    compare(load_mmsa(tiny_file), _specs(), tmp_path, seeds=[3], settings=TINY, rates=(0.5,), patterns=("av",),
+            progress=False, log=None)
+    assert len(seen) == 4 and seen[0] == seen[2] and seen[1] == seen[3]
+
+
+def test_paired_statistics_against_independent_formulas():
+    from scipy import stats
+
+    a = np.array([0.71, 0.74, 0.69, 0.75, 0.73])
+    b = np.array([0.70, 0.71, 0.70, 0.72, 0.70])
+    d = a - b
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    p_t = 2 * stats.t.sf(abs(t), df=len(d) - 1)
+    # sign flips by hand: the share of the 32 sign patterns whose |sum| reaches the observed one
+    flips = [abs(sum(s * x for s, x in zip(signs, np.abs(d)))) for signs in itertools.product((1, -1), repeat=5)]
+    p_flip = sum(f >= abs(d.sum()) - 1e-12 for f in flips) / 32
+    got = _paired(a, b)
+    assert got["diff"] == pytest.approx(d.mean())
+    assert got["t_p"] == pytest.approx(p_t)
+    assert got["signflip_p"] == pytest.approx(p_flip)
+    assert _paired(a, a)["t_p"] == 1.0 and _paired(a, a)["signflip_p"] == 1.0
+
+
+def test_group_summary_averages_conditions_per_seed_before_the_test():
+    def res(x):
+        return {"intra": {"0.5": {"MAE": x}, "0.9": {"MAE": x + 0.2}, "0.0": {"MAE": 9.0}}, "inter": {}}
+
+    results = {"models": {"A": {"per_seed": {"1": res(1.0), "2": res(1.2), "3": res(1.1)}},
+                          "B": {"per_seed": {"1": res(1.1), "2": res(1.25), "3": res(1.3)}}}}
+    summary = summarise(results)
+    assert summary["A"]["intra r>=0.5"]["per_seed"]["2"]["MAE"] == pytest.approx(1.3)
+    assert summary["A"]["intra r<0.5"]["per_seed"]["2"]["MAE"] == pytest.approx(9.0)
+    results["summary"] = summary
+    t = paired_tests(results, "A")["B"]["groups"]["intra r>=0.5"]["MAE"]
+    assert t["diff"] == pytest.approx(np.mean([-0.1, -0.05, -0.2]))
+
+
+def test_bad_arguments_are_clear(tiny_file, tmp_path):
+    data = load_mmsa(tiny_file)
+    with pytest.raises(ValueError, match="must differ"):
+        compare(data, [ModelSpec("a b", kind="mult"), ModelSpec("a-b", kind="mult")], tmp_path, log=None)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        compare(data, _specs(), tmp_path, reference="FSRF", log=None)
+    with pytest.raises(ValueError, match="seeds must not repeat"):
+        compare(data, _specs(), tmp_path, seeds=[1, 1], log=None)
+    with pytest.raises(TypeError, match=r"specs\[0\] must be"):
+        compare(data, ["late fusion"], tmp_path, log=None)
+
+
+def test_cli_compare_runs_and_refuses_unknown_models(tiny_file, tmp_path, capsys):
+    rc = cli.main(["compare", "--data", str(tiny_file), "--models", "late-fusion,late-fusion-md", "--seeds", "1",
+                   "--d-model", "8", "--epochs", "1", "--batch-size", "16", "--rates", "0,0.5",
+                   "--patterns", "l,lav", "--no-progress", "--out", str(tmp_path / "c")])
+    assert rc == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert list(res["models"]) == ["late fusion", "late fusion + modality dropout"]
+    capsys.readouterr()
+    rc = cli.main(["compare", "--data", str(tiny_file), "--models", "fsrf,nope", "--out", str(tmp_path / "d")])
+    assert rc == 2
+    assert "--models takes 'all' or a comma list" in capsys.readouterr().err

@@ -84,6 +84,17 @@ REPORT_SHAPES = {
 }
 #: Feature widths of the model-step benchmark (CMU-MOSEI's text, audio and vision features).
 MOSEI_DIMS = {"text": 768, "audio": 74, "vision": 35}
+#: The whole training step (bench_train_step.py): label -> (B, {modality: T}). MOSEI's aligned
+#: features have 50 steps each; the unaligned ones 50 text tokens, 500 audio and 500 video frames.
+TRAIN_STEP_SHAPES = {
+    "MOSEI aligned B=64 T=50": (64, {"text": 50, "audio": 50, "vision": 50}),
+    "MOSEI unaligned B=64 T=50/500/500": (64, {"text": 50, "audio": 500, "vision": 500}),
+}
+#: d of the training-step benchmark (FSRFConfig's default).
+TRAIN_STEP_D_MODEL = 128
+#: Its implementations, in the order of the table's rows; the last runs on CUDA only.
+TRAIN_STEP_IMPLS = ("eager torch", "eager auto", "compile(auto)", "compile(auto, fullgraph)",
+                    "compile(auto, fullgraph, reduce-overhead)")
 
 # ============================================================================================
 # FSRF's settings of the ops (the eager formulas default to them too)

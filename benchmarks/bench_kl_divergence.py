@@ -3,16 +3,23 @@
 Rows per (shape, mode): ``eager`` (PyTorch written the obvious way: log_softmax + kl_div),
 ``compile`` (torch.compile of that), ``fsrf-torch`` (the reference backend) and ``fsrf-triton``
 (the fused kernel; CUDA only). All rows of a run use one device: CUDA when present, else CPU.
+The NaN/Inf input check (a host sync the peers do not pay) is switched off while timing.
 Peers and shapes: ``_peers.py``. Run with ``pytest benchmarks/bench_kl_divergence.py --benchmark-only``.
 """
 
 import pytest
 import torch
 
-from _peers import DEVICE, KL_SHAPES, LOSS_IMPLS, MODES, make_step, peer
+from _peers import DEVICE, KL_SHAPES, LOSS_IMPLS, MODES, make_step, no_finite_check, peer
 
 OP = "kl_divergence"
 
+
+
+@pytest.fixture(autouse=True)
+def _no_finite_check():
+    with no_finite_check():
+        yield
 
 @pytest.mark.parametrize("impl", LOSS_IMPLS)
 @pytest.mark.parametrize("mode", MODES)

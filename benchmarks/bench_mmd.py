@@ -5,6 +5,7 @@ pooled sample, full n×n kernel matrices), ``compile`` (torch.compile of that), 
 (the row-chunked reference backend) and ``fsrf-triton`` (the tiled kernels; CUDA only). All rows
 of a run use one device: CUDA when present, else CPU. A separate benchmark checks the spec's
 memory bound for the torch backend (N = M = 20000, d = 64, forward + backward < 512 MiB).
+The NaN/Inf input check (a host sync the peers do not pay) is switched off while timing.
 Peers and shapes: ``_peers.py``. Run with ``pytest benchmarks/bench_mmd.py --benchmark-only``.
 """
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from _peers import (DEVICE, LOSS_IMPLS, MMD_KERNEL_MUL, MMD_KERNELS, MMD_MEMORY_BOUND_SHAPE, MMD_SHAPES, MODES,
-                    make_step, peer)
+                    make_step, no_finite_check, peer)
 
 OP = "mmd"
 SETTING = f"biased, {MMD_KERNELS} kernels, kernel_mul {MMD_KERNEL_MUL}"
@@ -33,6 +34,12 @@ def _step(impl, shape, mode):
     f = peer(OP, impl)
     return make_step(lambda: f(x, y), mode, (x, y))
 
+
+
+@pytest.fixture(autouse=True)
+def _no_finite_check():
+    with no_finite_check():
+        yield
 
 @pytest.mark.parametrize("impl", LOSS_IMPLS)
 @pytest.mark.parametrize("mode", MODES)

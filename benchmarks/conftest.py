@@ -2,7 +2,7 @@
 
 Shared helpers: :func:`measure_peak_memory` (fixture ``peak_memory``) measures the peak extra
 memory of a call (CUDA allocator statistics on GPU, the process's resident high-water mark on
-CPU), the ``machine`` fixture names the machine for BENCHMARKS.md, and ``pedantic_run`` times a
+CPU), the ``machine`` fixture (:func:`machine_name`) names the machine for BENCHMARKS.md, and ``pedantic_run`` times a
 step the way the small losses' benchmarks do. A benchmark whose ``impl`` parameter cannot run on
 this machine is skipped here. Peers and shapes are in ``_peers.py``.
 """
@@ -81,14 +81,19 @@ def peak_memory():
     return measure_peak_memory
 
 
-@pytest.fixture(scope="session")
-def machine() -> str:
-    """One-line description of the machine, stored with every benchmark."""
+def machine_name() -> str:
+    """One-line description of the machine (the GPU's name, or the CPU's, cores and torch)."""
     import platform
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+@pytest.fixture(scope="session")
+def machine() -> str:
+    """:func:`machine_name`, stored with every benchmark."""
+    return machine_name()
 
 
 # _peers is imported where it is used, not at the top: it imports fsrf, and this file is loaded

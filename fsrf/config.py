@@ -7,10 +7,26 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["FSRFConfig", "KL_STOP_GRAD", "TASK_LOSSES"]
+__all__ = ["FSRFConfig", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "REDUCTIONS", "RECOVERY_LOSSES", "TASK_LOSSES"]
 
 KL_STOP_GRAD = ("both", "none", "richer")
 TASK_LOSSES = ("l1", "mse")
+REDUCTIONS = ("sum", "mean")
+RECOVERY_LOSSES = ("view", "view+loo")
+
+#: The fields whose defaults changed after the multi-seed study of docs/FSRF_METHOD.md §7, with
+#: the values of the first reconstruction. A saved config that lacks one of them was written
+#: before the change and is read with these values (:meth:`FSRFConfig.from_saved`).
+FIRST_RECONSTRUCTION: dict[str, Any] = {
+    "rec_detach_target": False,
+    "orth_reduction": "sum",
+    "hom_reduction": "sum",
+    "mmd_normalize": False,
+    "aux_warmup_steps": 0,
+    "modality_dropout": 0.0,
+    "fusion_availability": False,
+    "recovery_loss": "view",
+}
 
 
 @dataclass
@@ -38,9 +54,29 @@ class FSRFConfig:
         (``"both"``: the target side of each KL direction is detached; ``"none"``: nothing is
         detached; ``"richer"``: only the richer view A is detached, so knowledge flows A → B in
         both directions), ``task_loss`` (``"l1"`` or ``"mse"``).
+    Optimisation balance (§7; ``FSRFConfig.first_reconstruction()`` restores the first values)
+        ``rec_detach_target`` (reconstruct a detached ``z_m``, default ``True``),
+        ``orth_reduction`` / ``hom_reduction`` (``"mean"``: average the orthogonality pair terms
+        and the homogeneous MMD pairs instead of summing them), ``mmd_normalize`` (divide each
+        MMD by ``mmd_num_kernels``, so it lies in [0, 2] whatever the number of bandwidths),
+        ``aux_warmup_steps`` (ramp every auxiliary weight linearly from 0 over this many
+        training steps of :class:`fsrf.FSRFModel`; 0 = off; default 200).
+    Whole-modality robustness (§7)
+        ``modality_dropout`` (probability that a training sample of view A loses one or two
+        whole modalities, as the evaluation's patterns do; default 0.3),
+        ``fusion_availability`` (the availability flags ``a_m`` enter the fusion MLP),
+        ``recovery_loss`` (``"view"``: recovery learns from the second view only;
+        ``"view+loo"``: also leave-one-out — every available modality's heterogeneous part is
+        predicted from the shared mean of the others, for every pattern; default).
     Second view (DAS)
         ``view_rate`` (extra frame-drop rate; ``None`` draws one rate per sample from U(0, 1)),
         ``view_inter_prob`` (probability that a sample loses one or two whole modalities).
+    Execution
+        ``backend``: ``"auto"`` (default), ``"torch"``, ``"cpp"``, ``"cuda"`` or ``"triton"``: the
+        backend of every op the layer and model run (attention and every loss) where that op
+        implements it; the others keep their automatic choice (see
+        :meth:`fsrf.FSRFLayer.op_backend`). ``"torch"`` runs the whole model on the pure-PyTorch
+        references.
     """
 
     d_model: int = 128
@@ -75,6 +111,15 @@ class FSRFConfig:
 
     view_rate: float | None = None
     view_inter_prob: float = 0.3
+
+    rec_detach_target: bool = True
+    orth_reduction: str = "mean"
+    hom_reduction: str = "mean"
+    mmd_normalize: bool = True
+    aux_warmup_steps: int = 200
+    modality_dropout: float = 0.3
+    fusion_availability: bool = True
+    recovery_loss: str = "view+loo"
 
     backend: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -113,7 +158,8 @@ class FSRFConfig:
                 raise ValueError(f"FSRFConfig.conv_kernel must be odd positive ints; got {self.conv_kernel!r}")
         _num("dropout", 0.0, 1.0)
         _num("attn_dropout", 0.0, 1.0)
-        for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased"):
+        for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased", "rec_detach_target",
+                     "mmd_normalize", "fusion_availability"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
         for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov"):
@@ -130,6 +176,17 @@ class FSRFConfig:
         if self.view_rate is not None:
             _num("view_rate", 0.0, 1.0)
         _num("view_inter_prob", 0.0, 1.0)
+        for name in ("orth_reduction", "hom_reduction"):
+            if getattr(self, name) not in REDUCTIONS:
+                raise ValueError(f"FSRFConfig.{name} must be one of {REDUCTIONS}; got {getattr(self, name)!r}")
+        if self.recovery_loss not in RECOVERY_LOSSES:
+            raise ValueError(f"FSRFConfig.recovery_loss must be one of {RECOVERY_LOSSES}; got {self.recovery_loss!r}")
+        _int("aux_warmup_steps", 0)
+        _num("modality_dropout", 0.0, 1.0)
+        from fsrf.runtime.backend import BACKENDS  # here: the rest of this module needs no torch
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"FSRFConfig.backend must be one of {BACKENDS}; got {self.backend!r}")
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -163,6 +220,21 @@ class FSRFConfig:
         if unknown:
             raise ValueError(f"unknown FSRFConfig field(s) {unknown}; valid fields: {sorted(names)}")
         return cls(**dict(d))
+
+    @classmethod
+    def from_saved(cls, d: Mapping[str, Any]) -> "FSRFConfig":
+        """Like :meth:`from_dict`, for a config saved with a model: a field of
+        :data:`FIRST_RECONSTRUCTION` that the saved dict lacks was written before its default
+        changed, so it takes its first value and an old checkpoint behaves as it was trained."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"config must be a mapping; got {type(d).__name__}")
+        return cls.from_dict({**{k: v for k, v in FIRST_RECONSTRUCTION.items() if k not in d}, **d})
+
+    @classmethod
+    def first_reconstruction(cls, **changes: Any) -> "FSRFConfig":
+        """The method as first reconstructed, before the study of docs/FSRF_METHOD.md §7
+        (:data:`FIRST_RECONSTRUCTION`), with ``changes`` applied."""
+        return cls(**{**FIRST_RECONSTRUCTION, **changes})
 
     @classmethod
     def from_json(cls, path: str) -> "FSRFConfig":

@@ -37,7 +37,21 @@ Conventions (each matches MMSA / numpy / scikit-learn):
 * ``Corr`` is NaN (returned, not raised, without a warning) when predictions or labels are
   constant — what ``np.corrcoef`` gives MMSA. ``Non0_acc_2`` and ``Non0_F1_score`` are NaN when
   every label is 0 (no sample to score).
-* Values are not rounded; MMSA reports ``round(x, 4)`` — pass ``ndigits=4`` for that.
+* Values are not rounded by default. MMSA reports ``round(x, 4)``; ``ndigits=4`` gives its values
+  bit for bit, because ``round`` means two different things there (:data:`ROUNDING`):
+
+  - on a numpy float (``np.float64``), ``round(x, 4)`` is ``np.round(x, 4)``: ``rint(x * 10**4) /
+    10**4``, half-to-even on the *scaled float*, so a value whose product lands exactly on .5
+    rounds to even even when the binary value itself lies on the other side of the half;
+  - on a Python float it is the correctly rounded decimal of the exact binary value (ties, which
+    only exact binary halves can be, to even).
+
+  MMSA 2.2.1 (``MetricsTop``) gets Python floats from scikit-learn (``accuracy_score`` for
+  ``Has0_acc_2`` / ``Non0_acc_2`` and ``f1_score`` for every F1 key: Python floats since
+  scikit-learn 1.6) and numpy floats from its own numpy code (``np.sum(...) / float(n)`` for
+  ``Mult_acc_*``, ``np.mean(np.absolute(...)).astype(np.float64)`` for ``MAE``,
+  ``np.corrcoef(...)[0][1]`` for ``Corr``). The two disagree for values such as 5e-05 or 0.70005
+  (``k / 20000`` with odd ``k``), i.e. on test sets whose size divides into such fractions.
 """
 
 from __future__ import annotations
@@ -47,12 +61,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compute", "weighted_f1", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "keys_for"]
+__all__ = ["compute", "weighted_f1", "round_metric", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "ROUNDING", "keys_for"]
 
 MOSI_KEYS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE",
              "Corr")
 SIMS_KEYS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
 DATASETS = ("mosi", "mosei", "sims")
+
+#: How MMSA 2.2.1 rounds each key: ``"python"`` (``round`` on a Python float from scikit-learn) or
+#: ``"numpy"`` (``round`` on a numpy float, i.e. ``np.round``). See the module docstring.
+ROUNDING: dict[str, str] = {
+    "Has0_acc_2": "python", "Has0_F1_score": "python", "Non0_acc_2": "python", "Non0_F1_score": "python",
+    "F1_score": "python",
+    "Mult_acc_2": "numpy", "Mult_acc_3": "numpy", "Mult_acc_5": "numpy", "Mult_acc_7": "numpy",
+    "MAE": "numpy", "Corr": "numpy",
+}
 
 _SIMS_BOUNDS = {2: (-1.01, 0.0, 1.01), 3: (-1.01, -0.1, 0.1, 1.01), 5: (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01)}
 
@@ -67,6 +90,25 @@ def _dataset(dataset: Any) -> str:
     if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}; got {dataset!r}")
     return dataset.lower()
+
+
+def round_metric(name: str, value: float, ndigits: int) -> float:
+    """``value`` of the metric ``name`` rounded to ``ndigits`` decimals the way MMSA rounds that key.
+
+    ``ROUNDING[name] == "numpy"`` gives ``float(np.round(np.float64(value), ndigits))``; ``"python"``
+    gives ``round(float(value), ndigits)``. NaN stays NaN. Raises ``KeyError`` for a name that is not
+    an MMSA metric (no silent default: a new key must say how MMSA rounds it).
+    """
+    if name not in ROUNDING:
+        raise KeyError(f"metric name must be one of {sorted(ROUNDING)}; got {name!r}")
+    if isinstance(ndigits, bool) or not isinstance(ndigits, (int, np.integer)):
+        raise TypeError(f"ndigits must be an int; got {type(ndigits).__name__} {ndigits!r}")
+    value = float(value)
+    if math.isnan(value):
+        return value
+    if ROUNDING[name] == "numpy":
+        return float(np.round(np.float64(value), int(ndigits)))
+    return round(value, int(ndigits))
 
 
 def _as_1d(x: Any, name: str) -> np.ndarray:
@@ -190,7 +232,8 @@ def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None
         preds, labels: array-likes or tensors of shape ``(N,)`` (``(N, 1)`` is accepted), N >= 1,
             finite.
         dataset: ``"mosi"``, ``"mosei"`` (8 metrics) or ``"sims"`` (6 metrics).
-        ndigits: round every value to this many decimals (MMSA reports 4); None = unrounded.
+        ndigits: round every value to this many decimals as MMSA does for its key
+            (:func:`round_metric`; MMSA reports 4); None = unrounded.
 
     Returns:
         ``{name: float}`` with exactly MMSA's keys in MMSA's order (:func:`keys_for`). ``Corr`` is
@@ -198,9 +241,11 @@ def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None
 
     Raises:
         ValueError: unknown dataset, empty input, NaN/Inf, shapes that differ or are not (N,).
-        TypeError: non-numeric input.
+        TypeError: non-numeric input, or ``ndigits`` that is not an int.
     """
     ds = _dataset(dataset)
+    if ndigits is not None and (isinstance(ndigits, bool) or not isinstance(ndigits, (int, np.integer))):
+        raise TypeError(f"ndigits must be an int or None; got {type(ndigits).__name__} {ndigits!r}")
     p = _as_1d(preds, "preds")
     y = _as_1d(labels, "labels")
     if p.shape != y.shape:
@@ -211,5 +256,5 @@ def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None
     p, y = p.astype(dt, copy=False), y.astype(dt, copy=False)
     res = _sims(p, y) if ds == "sims" else _mosi(p, y)
     if ndigits is not None:
-        res = {k: (round(v, ndigits) if not math.isnan(v) else v) for k, v in res.items()}
+        res = {k: round_metric(k, v, ndigits) for k, v in res.items()}
     return res

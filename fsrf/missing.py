@@ -350,16 +350,19 @@ def corrupt(inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor
         inter_prob: per-sample probability of also removing whole modalities: ``k`` uniform in
             ``{1, ..., M-1}`` (one or two of three), chosen at random — never all of them in this
             step (a sample that was already incomplete may still end up with none).
-        generator: a ``torch.Generator`` for reproducible draws. On the inputs' device, or on the
-            CPU (draws are then made on the CPU and moved). None = torch's default generator of
-            the inputs' device.
+        generator: a ``torch.Generator`` for reproducible draws. On the inputs' device (draws
+            stay there), or on the CPU (draws are made on the CPU and copied over, which on a GPU
+            waits for the device). None = torch's default generator of the inputs' device, the
+            only choice inside ``torch.compile`` (a generator object cannot enter a compiled
+            graph); ``torch.manual_seed`` then makes the view reproducible.
 
     Returns:
         ``(inputs_b, masks_b)``: new tensors; dropped frames are zero (``torch.where``, so the
         gradient w.r.t. ``inputs`` is the new mask) and their mask bits are cleared. Draws are made
         in the order of ``inputs``' keys.
 
-    No host synchronisation; works under ``torch.compile`` (validation is shape/dtype only).
+    No host synchronisation with ``generator=None`` or a generator on the inputs' device; works
+    under ``torch.compile`` with ``generator=None`` (validation is shape/dtype only).
     """
     if not isinstance(inputs, Mapping) or not inputs:
         raise ValueError("inputs must be a non-empty dict {modality: (B, T, D) tensor}")
@@ -414,16 +417,23 @@ def corrupt(inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor
     else:
         gdev = dev
 
+    # no generator argument at all when there is none: the generator overloads of rand/randint
+    # take no symbolic sizes, which torch.compile uses once batch shapes vary
+    gen = {} if generator is None else {"generator": generator}
+
     def rand(*shape):
-        return torch.rand(*shape, generator=generator, device=gdev).to(dev)
+        u = torch.rand(*shape, device=gdev, **gen)
+        return u if gdev == dev else u.to(dev)
 
     if fixed is None:
         r = rand(B, M)
     else:
-        r = torch.tensor(fixed, device=dev, dtype=torch.float32).expand(B, M)
+        # fills, not torch.tensor(fixed, device=dev): no host-to-device copy
+        r = torch.stack([torch.full((B,), v, dtype=torch.float32, device=dev) for v in fixed], dim=1)
     if M > 1 and ip > 0:
         hit = rand(B) < ip
-        k = torch.randint(1, M, (B,), generator=generator, device=gdev).to(dev)   # how many to remove
+        k = torch.randint(1, M, (B,), device=gdev, **gen)                         # how many to remove
+        k = k if gdev == dev else k.to(dev)
         order = rand(B, M).argsort(dim=1).argsort(dim=1)                          # random rank per modality
         removed = hit[:, None] & (order < k[:, None])
     else:

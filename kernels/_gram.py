@@ -38,15 +38,17 @@ Design (see ``fsrf/ops/factor_constraints.py`` for the public op):
   block's partial Gram tile, centring and row scaling applied on load; (3) per (term, tile) the
   sum of the partial Grams and the loss. Decorrelation needs no column pass before its Gram:
   ``σ_j² = M_jj / n + eps`` is the diagonal of the centred Gram, and ``C = M / (n σ_j σ_k)``.
-* **Backward, two launches.** Kernel 1, grid ``(sides, row tiles)``: for one side of one term
+* **Backward, two launches.** Kernel 1, grid ``(row tiles, sides)``: for one side of one term
   and ``BLOCK_N`` rows it forms ``U = ∂L/∂X̂`` from the saved ``M`` (``U = Ŷ Gᵀ``), back-propagates
   through the row / column normalisation (row-local given the saved stats; the decorrelation
   column-std term uses ``Σ_l U_lj Ẑ_lj = 2 (C G)_jj``, computable from ``C``), writes the fp32
   result into a per-side slab and the slab's column sums of the tile into a partial-sum buffer.
-  Kernel 2, grid ``(factors, row tiles, column tiles)``: sums the slabs of each factor, applies
+  Kernel 2, grid ``(row tiles, factors, column tiles)``: sums the slabs of each factor, applies
   the centring backward ``dx = dx̃ − w · colsum(dx̃)/n`` from the partial sums, and writes the
   gradient in the input dtype. No atomics, so the result is deterministic. (With more than 8
-  row tiles the partial column sums are first added up by one torch reduction.)
+  row tiles the partial column sums are first added up by one torch reduction.) The row tiles,
+  the one axis that grows with N, are grid axis 0: CUDA caps axes 1 and 2 at 65535 programs,
+  which at 64-row tiles would stop at N = 4,194,240 (see :func:`backward_grids`).
 
 Backward formulas (``U = ∂L/∂X̂``, ``c`` the centred rows, ``r = ‖c‖``, ``s = 1/(r + eps)``):
 orthogonality ``∂L/∂c_i = w_i s_i (U_i − [not detach_norm] t_i c_i / r_i)`` with
@@ -56,6 +58,7 @@ go through the centring backward above. Checked against float64 autograd in the 
 
 All arithmetic is fp32 (inputs are upcast right after ``tl.load``, which also keeps bf16 correct
 under ``TRITON_INTERPRET=1``); fp32 inputs use IEEE fp32 dot products, fp16/bf16 inputs TF32.
+Launches run on the inputs' device (:func:`fsrf.kernels._launch.on_device`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from . import _launch
 
 KIND_ORTH = 0
 KIND_DECOR = 1
@@ -449,8 +454,8 @@ def _bwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, side_ptr, m_ptr, stats_ptr,
                 slab_ptr, stride_slab, psum_ptr, N, orth_eps,
                 HAS_MASK: tl.constexpr, DETACH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                 DOT_PREC: tl.constexpr):
-    s = tl.program_id(0)
-    r = tl.program_id(1)
+    r = tl.program_id(0)
+    s = tl.program_id(1)
     t = tl.load(side_ptr + s * SCOLS)
     first = tl.load(side_ptr + s * SCOLS + 1) == 0
     scol = tl.load(side_ptr + s * SCOLS + 2)
@@ -548,8 +553,8 @@ def _bwd_kernel(x_ptr, stride_x, mask_ptr, term_ptr, side_ptr, m_ptr, stats_ptr,
 def _reduce_kernel(slab_ptr, stride_slab, psum_ptr, NTN, term_ptr, side_ptr, fac_ptr, fsides_ptr,
                    stats_ptr, mask_ptr, out_ptr, stride_out, N,
                    HAS_MASK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    f = tl.program_id(0)
-    r = tl.program_id(1)
+    r = tl.program_id(0)
+    f = tl.program_id(1)
     c = tl.program_id(2)
     off_f = tl.load(fac_ptr + f * FCOLS)
     d_f = tl.load(fac_ptr + f * FCOLS + 1)
@@ -747,6 +752,11 @@ def forward(packed: torch.Tensor, masks: torch.Tensor | None, pl: Plan, orth_eps
 
     One kernel launch when ``pl.split == 1`` (always for N ≤ 1024); otherwise three (column sums,
     partial Grams per row block, finalisation)."""
+    with _launch.on_device(packed):
+        return _forward(packed, masks, pl, orth_eps, decor_eps)
+
+
+def _forward(packed, masks, pl, orth_eps, decor_eps):
     dev = packed.device
     T = pl.n_terms
     bk = pl.blocks
@@ -784,22 +794,40 @@ def forward(packed: torch.Tensor, masks: torch.Tensor | None, pl: Plan, orth_eps
     return loss, m, stats
 
 
+#: CUDA's limit on grid axes 1 and 2 (axis 0 takes up to 2³¹ − 1 programs).
+MAX_GRID_YZ = 65535
+
+
+def backward_grids(n: int, n_sides: int, n_factors: int, dmax: int, blocks: Blocks):
+    """The launch grids of the two backward kernels for N = ``n`` rows: ``(row tiles, sides)``
+    and ``(row tiles, factors, column tiles)``. Only the row tiles grow with N, so they are on
+    axis 0; the other axes stay far below :data:`MAX_GRID_YZ`."""
+    ntn = triton.cdiv(n, blocks.bn_bwd)
+    return (ntn, n_sides), (ntn, n_factors, triton.cdiv(dmax, blocks.bd_bwd))
+
+
 def backward(grad_loss: torch.Tensor, packed: torch.Tensor, masks: torch.Tensor | None,
              m: torch.Tensor, stats: torch.Tensor, pl: Plan, detach_norm: bool,
              orth_eps: float) -> torch.Tensor:
     """Launch the grouped backward; returns the packed gradient (N, Σd) in ``packed.dtype``."""
+    with _launch.on_device(packed):
+        return _backward(grad_loss, packed, masks, m, stats, pl, detach_norm, orth_eps)
+
+
+def _backward(grad_loss, packed, masks, m, stats, pl, detach_norm, orth_eps):
     dev = packed.device
     N = pl.n
     out = torch.empty((N, pl.total_width), dtype=packed.dtype, device=dev)
     if pl.n_sides == 0:
         return out.zero_()
     bk = pl.blocks
-    ntn = triton.cdiv(N, bk.bn_bwd)
+    grid_bwd, grid_reduce = backward_grids(N, pl.n_sides, pl.n_factors, pl.dmax, bk)
+    ntn = grid_bwd[0]
     slab = torch.empty((N, pl.slab_width), dtype=torch.float32, device=dev)
     psum = torch.empty((ntn, pl.slab_width), dtype=torch.float32, device=dev)
     gout = grad_loss.detach().to(torch.float32).contiguous()
     mask_arg = masks if masks is not None else packed
-    _bwd_kernel[(pl.n_sides, ntn)](
+    _bwd_kernel[grid_bwd](
         packed, packed.stride(0), mask_arg, pl.term_table, pl.side_table, m, stats, gout,
         slab, slab.stride(0), psum, N, float(orth_eps),
         HAS_MASK=masks is not None, DETACH=bool(detach_norm), BN=bk.bn_bwd, BD=bk.bd_bwd,
@@ -807,7 +835,7 @@ def backward(grad_loss: torch.Tensor, packed: torch.Tensor, masks: torch.Tensor 
     n_psum = ntn
     if ntn > _REDUCE_INLINE_TILES:
         psum, n_psum = psum.sum(dim=0, keepdim=True), 1
-    _reduce_kernel[(pl.n_factors, ntn, triton.cdiv(pl.dmax, bk.bd_bwd))](
+    _reduce_kernel[grid_reduce](
         slab, slab.stride(0), psum, n_psum, pl.term_table, pl.side_table, pl.factor_table,
         pl.factor_sides, stats, mask_arg, out, out.stride(0), N,
         HAS_MASK=masks is not None, BN=bk.bn_bwd, BD=bk.bd_bwd, num_warps=4)

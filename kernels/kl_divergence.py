@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
+
 __all__ = ["kl_divergence_forward"]
 
 # Largest column block held in registers: 8192 fp32 per input over 16 warps on a GPU (16 values
@@ -175,13 +177,15 @@ def kl_divergence_forward(student: torch.Tensor, teacher: torch.Tensor, temperat
     row_loss = torch.empty((R,), device=dev, dtype=acc)
     BLOCK = block or min(MAX_BLOCK, triton.next_power_of_2(C))
     T = float(temperature)
-    _kl_fwd_kernel[(R,)](
-        student, teacher, row_loss, ds, dt,
-        student.stride(0), teacher.stride(0),
-        ds.stride(0) if need_grad_student else 0, dt.stride(0) if need_grad_teacher else 0, C,
-        T,
-        SYMMETRIC=bool(symmetric), DETACH=bool(detach_target),
-        NEED_DS=bool(need_grad_student), NEED_DT=bool(need_grad_teacher),
-        BLOCK=BLOCK, ONE_CHUNK=C <= BLOCK, ACC=ACC, num_warps=_num_warps(BLOCK),
-    )
-    return row_loss.sum(), ds, dt
+    # rows are grid axis 0 (up to 2³¹ − 1 programs); the launch runs on the inputs' device
+    with _launch.on_device(student):
+        _kl_fwd_kernel[(R,)](
+            student, teacher, row_loss, ds, dt,
+            student.stride(0), teacher.stride(0),
+            ds.stride(0) if need_grad_student else 0, dt.stride(0) if need_grad_teacher else 0, C,
+            T,
+            SYMMETRIC=bool(symmetric), DETACH=bool(detach_target),
+            NEED_DS=bool(need_grad_student), NEED_DT=bool(need_grad_teacher),
+            BLOCK=BLOCK, ONE_CHUNK=C <= BLOCK, ACC=ACC, num_warps=_num_warps(BLOCK),
+        )
+        return row_loss.sum(), ds, dt

@@ -30,8 +30,15 @@ operand, which ran the tile kernels out of registers.) With pair weights ``w_ij`
   The special-function rate (~3.9 T exp/s on an H100) is, with the distance GEMM, what bounds
   this kernel on a GPU, so K exps per pair would matter.
 
+* Row masks (``x_mask``, ``y_mask``): the launcher zeroes unselected rows in the pooled copy
+  and passes per-row 0/1 weights ``RW`` plus the estimator's three coefficients ``COEF``
+  (computed on the device from the selected counts, 0 when a side has fewer than 2 rows), so
+  ``w_ij = COEF[block] · RW_i · RW_j``: unselected rows add nothing and get zero gradient, and
+  nothing is read back to the host (``HAS_W`` selects this variant at compile time).
+
 Accumulation is in float32 (float64 for float64 inputs) whatever the input dtype, the upcast
-happening when the centred copy is made; gradients are stored in the input dtype.
+happening when the centred copy is made; gradients are stored in the input dtype. Launches run
+on the inputs' device (:func:`fsrf.kernels._launch.on_device`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from . import _launch
 
 __all__ = ["mmd_forward", "mmd_backward"]
 
@@ -71,19 +80,26 @@ def _sq_dists(U, SQ, rows_i, rows_j, n, d, su, BLOCK: tl.constexpr, BLOCK_D: tl.
 
 
 @triton.jit
-def _pair_weights(rows_i, rows_j, N, n, UNBIASED: tl.constexpr, NO_DIAG: tl.constexpr,
-                  ACC: tl.constexpr):
-    """w_ij of the tile (0 outside U, and on the diagonal when ``NO_DIAG``)."""
-    # from the integer sizes, in the accumulation dtype (float scalar arguments would be fp32)
-    nx = N.to(ACC)
-    ny = (n - N).to(ACC)
-    if UNBIASED:
-        w_xx = 1.0 / (nx * (nx - 1.0))
-        w_yy = 1.0 / (ny * (ny - 1.0))
+def _pair_weights(rows_i, rows_j, N, n, RW, COEF, UNBIASED: tl.constexpr, NO_DIAG: tl.constexpr,
+                  HAS_W: tl.constexpr, ACC: tl.constexpr):
+    """w_ij of the tile (0 outside U, on the diagonal when ``NO_DIAG`` and, with ``HAS_W``, on
+    unselected rows)."""
+    if HAS_W:
+        # from the selected counts, computed on the device by the launcher
+        w_xx = tl.load(COEF)
+        w_yy = tl.load(COEF + 1)
+        w_xy = tl.load(COEF + 2)
     else:
-        w_xx = 1.0 / (nx * nx)
-        w_yy = 1.0 / (ny * ny)
-    w_xy = -1.0 / (nx * ny)
+        # from the integer sizes, in the accumulation dtype (float scalar arguments would be fp32)
+        nx = N.to(ACC)
+        ny = (n - N).to(ACC)
+        if UNBIASED:
+            w_xx = 1.0 / (nx * (nx - 1.0))
+            w_yy = 1.0 / (ny * (ny - 1.0))
+        else:
+            w_xx = 1.0 / (nx * nx)
+            w_yy = 1.0 / (ny * ny)
+        w_xy = -1.0 / (nx * ny)
     xi = rows_i < N
     xj = rows_j < N
     w = tl.where(xi[:, None] & xj[None, :], w_xx,
@@ -91,7 +107,12 @@ def _pair_weights(rows_i, rows_j, N, n, UNBIASED: tl.constexpr, NO_DIAG: tl.cons
     keep = (rows_i < n)[:, None] & (rows_j < n)[None, :]
     if NO_DIAG:
         keep = keep & (rows_i[:, None] != rows_j[None, :])
-    return tl.where(keep, w, 0.0)
+    w = tl.where(keep, w, 0.0)
+    if HAS_W:
+        rw_i = tl.load(RW + rows_i, mask=rows_i < n, other=0.0)
+        rw_j = tl.load(RW + rows_j, mask=rows_j < n, other=0.0)
+        w = w * rw_i[:, None] * rw_j[None, :]
+    return w
 
 
 @triton.jit
@@ -123,9 +144,9 @@ def _kernel_and_slope(d2, INVH, NUM_K: tl.constexpr, SQUARING: tl.constexpr,
 
 
 @triton.jit
-def _mmd_fwd_kernel(U, SQ, INVH, PART, N, n, d, su,
+def _mmd_fwd_kernel(U, SQ, INVH, PART, RW, COEF, N, n, d, su,
                     NUM_K: tl.constexpr, SQUARING: tl.constexpr, UNBIASED: tl.constexpr,
-                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
+                    HAS_W: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
                     DOT_PREC: tl.constexpr):
     ti = tl.program_id(0)
     tj = tl.program_id(1)
@@ -134,16 +155,16 @@ def _mmd_fwd_kernel(U, SQ, INVH, PART, N, n, d, su,
         rows_j = tj * BLOCK + tl.arange(0, BLOCK)
         d2 = _sq_dists(U, SQ, rows_i, rows_j, n, d, su, BLOCK, BLOCK_D, ACC, DOT_PREC)
         kval, _ = _kernel_and_slope(d2, INVH, NUM_K, SQUARING, False)
-        w = _pair_weights(rows_i, rows_j, N, n, UNBIASED, UNBIASED, ACC)
+        w = _pair_weights(rows_i, rows_j, N, n, RW, COEF, UNBIASED, UNBIASED, HAS_W, ACC)
         part = tl.sum(tl.sum(w * kval, axis=1), axis=0)
         part = part * tl.where(tj > ti, 2.0, 1.0)
         tl.store(PART + ti * tl.num_programs(1) + tj, part)
 
 
 @triton.jit
-def _mmd_bwd_kernel(U, SQ, INVH, GOUT, DX, DY, N, n, d, su, sdx, sdy,
+def _mmd_bwd_kernel(U, SQ, INVH, GOUT, DX, DY, RW, COEF, N, n, d, su, sdx, sdy,
                     NUM_K: tl.constexpr, SQUARING: tl.constexpr, UNBIASED: tl.constexpr,
-                    BLOCK: tl.constexpr,
+                    HAS_W: tl.constexpr, BLOCK: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, ACC: tl.constexpr,
                     DOT_PREC: tl.constexpr):
     ti = tl.program_id(0)
@@ -157,7 +178,7 @@ def _mmd_bwd_kernel(U, SQ, INVH, GOUT, DX, DY, N, n, d, su, sdx, sdy,
         d2 = _sq_dists(U, SQ, rows_i, rows_j, n, d, su, BLOCK, BLOCK_D, ACC, DOT_PREC)
         _, slope = _kernel_and_slope(d2, INVH, NUM_K, SQUARING, True)
         # the diagonal pair has u_i − u_i = 0: no gradient whatever the estimator
-        g = _pair_weights(rows_i, rows_j, N, n, UNBIASED, True, ACC) * slope  # = −G_ij
+        g = _pair_weights(rows_i, rows_j, N, n, RW, COEF, UNBIASED, True, HAS_W, ACC) * slope  # = −G_ij
         gsum += tl.sum(g, axis=1)
         b = _load_rows(U, rows_j, cols_o, n, d, su)
         acc = tl.dot(g, b, acc, input_precision=DOT_PREC)
@@ -199,8 +220,8 @@ def _prune_bwd(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_DO"])]
 
 
-_mmd_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=["d"], reset_to_zero=["PART"])(_mmd_fwd_kernel)
-_mmd_bwd_tuned = triton.autotune(_BWD_CONFIGS, key=["d"],
+_mmd_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=["d", "HAS_W"], reset_to_zero=["PART"])(_mmd_fwd_kernel)
+_mmd_bwd_tuned = triton.autotune(_BWD_CONFIGS, key=["d", "HAS_W"],
                                  prune_configs_by={"early_config_prune": _prune_bwd})(_mmd_bwd_kernel)
 
 
@@ -218,63 +239,112 @@ def _meta(x: torch.Tensor):
     return torch.float32, tl.float32, "tf32"
 
 
-def _pooled(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, acc: torch.dtype):
-    """The centred pooled copy U − ū in the accumulation dtype and its squared row norms."""
+# Tile rows go on grid axis 0 (up to 2³¹ − 1 programs); the forward's second axis is capped at
+# 65535 by CUDA, which bounds the pooled rows of one call.
+_MAX_GRID_Y = 65535
+
+
+def _pooled(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, acc: torch.dtype,
+            sel: torch.Tensor | None):
+    """The centred pooled copy U − ū in the accumulation dtype (unselected rows zero) and its
+    squared row norms."""
     u = torch.cat([x, y]).to(acc)
     u -= mean
+    if sel is not None:
+        u = torch.where(sel[:, None], u, torch.zeros((), dtype=acc, device=u.device))
     return u, u.square().sum(1)
+
+
+def _selection(x_mask, y_mask, N: int, M: int, unbiased: bool, acc: torch.dtype, device):
+    """(sel (n,) bool, RW (n,) 0/1 weights, COEF (3,) = [w_xx, w_yy, w_xy]) for masked rows, all on
+    the device; (None, None, None) without masks."""
+    if x_mask is None and y_mask is None:
+        return None, None, None
+    xm = x_mask if x_mask is not None else torch.ones(N, dtype=torch.bool, device=device)
+    ym = y_mask if y_mask is not None else torch.ones(M, dtype=torch.bool, device=device)
+    sel = torch.cat([xm, ym])
+    rw = sel.to(acc)
+    nx, ny = rw[:N].sum(), rw[N:].sum()
+    valid = ((nx >= 2) & (ny >= 2)).to(acc)
+    # counts kept ≥ 2 so that the coefficients stay finite where valid zeroes them
+    nx, ny = nx.clamp_min(2.0), ny.clamp_min(2.0)
+    if unbiased:
+        cxx, cyy = 1.0 / (nx * (nx - 1.0)), 1.0 / (ny * (ny - 1.0))
+    else:
+        cxx, cyy = 1.0 / (nx * nx), 1.0 / (ny * ny)
+    coef = torch.stack([cxx, cyy, -1.0 / (nx * ny)]) * valid
+    return sel, rw, coef
 
 
 def mmd_forward(x: torch.Tensor, y: torch.Tensor, inv_h: torch.Tensor, mean: torch.Tensor,
                 unbiased: bool, squaring: bool, block: int | None = None,
-                block_d: int | None = None) -> torch.Tensor:
+                block_d: int | None = None, x_mask: torch.Tensor | None = None,
+                y_mask: torch.Tensor | None = None) -> torch.Tensor:
     """MMD² of 2-D ``x`` (N, d), ``y`` (M, d) given ``1/h_k`` and the pooled mean (both in the
     accumulation dtype). Returns a 0-dim tensor in the accumulation dtype.
 
-    ``block``/``block_d`` fix the tile sizes (tests use them to reach multi-tile paths); without
-    them a GPU autotunes and the interpreter uses large tiles.
+    ``x_mask`` / ``y_mask`` (bool (N,) / (M,)) select rows (``mean`` and ``inv_h`` must then be
+    those of the selected rows). ``block``/``block_d`` fix the tile sizes (tests use them to
+    reach multi-tile paths); without them a GPU autotunes and the interpreter uses large tiles.
     """
     N, d = x.shape
     n = N + y.shape[0]
     acc, ACC, prec = _meta(x)
-    u, sq = _pooled(x, y, mean, acc)
-    common = dict(NUM_K=inv_h.shape[0], SQUARING=bool(squaring), UNBIASED=bool(unbiased), ACC=ACC,
-                  DOT_PREC=prec)
-    if _INTERPRET or block is not None or block_d is not None:
-        BLOCK, BLOCK_D, _ = _interp_blocks(d, block, block_d, None)
-        t = triton.cdiv(n, BLOCK)
-        part = torch.zeros((t, t), device=x.device, dtype=acc)
-        _mmd_fwd_kernel[(t, t)](u, sq, inv_h, part, N, n, d, u.stride(0), BLOCK=BLOCK,
-                                BLOCK_D=BLOCK_D, num_warps=8, **common)
-    else:
-        # sized for the smallest tile; a config with larger tiles writes a corner of it
-        t = triton.cdiv(n, _MIN_FWD_BLOCK)
-        part = torch.zeros((t, t), device=x.device, dtype=acc)
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(n, meta["BLOCK"]))  # noqa: E731
-        _mmd_fwd_tuned[grid](u, sq, inv_h, part, N, n, d, u.stride(0), **common)
-    return part.sum()
+    with _launch.on_device(x):
+        sel, rw, coef = _selection(x_mask, y_mask, N, y.shape[0], unbiased, acc, x.device)
+        u, sq = _pooled(x, y, mean, acc, sel)
+        # without masks the weight pointers are unused (HAS_W is a compile-time switch)
+        rw_arg, coef_arg = (rw, coef) if sel is not None else (sq, sq)
+        common = dict(NUM_K=inv_h.shape[0], SQUARING=bool(squaring), UNBIASED=bool(unbiased),
+                      HAS_W=sel is not None, ACC=ACC, DOT_PREC=prec)
+        if _INTERPRET or block is not None or block_d is not None:
+            BLOCK, BLOCK_D, _ = _interp_blocks(d, block, block_d, None)
+            t = triton.cdiv(n, BLOCK)
+            _check_grid(t, n)
+            part = torch.zeros((t, t), device=x.device, dtype=acc)
+            _mmd_fwd_kernel[(t, t)](u, sq, inv_h, part, rw_arg, coef_arg, N, n, d, u.stride(0), BLOCK=BLOCK,
+                                    BLOCK_D=BLOCK_D, num_warps=8, **common)
+        else:
+            # sized for the smallest tile; a config with larger tiles writes a corner of it
+            t = triton.cdiv(n, _MIN_FWD_BLOCK)
+            _check_grid(t, n)
+            part = torch.zeros((t, t), device=x.device, dtype=acc)
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(n, meta["BLOCK"]))  # noqa: E731
+            _mmd_fwd_tuned[grid](u, sq, inv_h, part, rw_arg, coef_arg, N, n, d, u.stride(0), **common)
+        return part.sum()
+
+
+def _check_grid(tiles: int, n: int) -> None:
+    if tiles > _MAX_GRID_Y:
+        raise ValueError(f"mmd: N + M = {n} pooled rows need {tiles} row tiles, more than the {_MAX_GRID_Y} "
+                         f"a CUDA grid axis holds; split the samples (an MMD of that size takes hours anyway)")
 
 
 def mmd_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, inv_h: torch.Tensor,
                  mean: torch.Tensor, unbiased: bool, squaring: bool, block: int | None = None,
-                 block_d: int | None = None, block_do: int | None = None):
-    """``(dL/dx, dL/dy)`` in the inputs' dtype for upstream gradient ``grad`` (0-dim, on device)."""
+                 block_d: int | None = None, block_do: int | None = None, x_mask: torch.Tensor | None = None,
+                 y_mask: torch.Tensor | None = None):
+    """``(dL/dx, dL/dy)`` in the inputs' dtype for upstream gradient ``grad`` (0-dim, on device);
+    unselected rows (``x_mask`` / ``y_mask``) get 0."""
     N, d = x.shape
     n = N + y.shape[0]
     acc, ACC, prec = _meta(x)
-    u, sq = _pooled(x, y, mean, acc)
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dy = torch.empty_like(y, memory_format=torch.contiguous_format)
-    args = (u, sq, inv_h, grad.reshape(()).to(acc), dx, dy, N, n, d, u.stride(0), dx.stride(0),
-            dy.stride(0))
-    common = dict(NUM_K=inv_h.shape[0], SQUARING=bool(squaring), UNBIASED=bool(unbiased), ACC=ACC,
-                  DOT_PREC=prec)
-    if _INTERPRET or block is not None or block_d is not None or block_do is not None:
-        BLOCK, BLOCK_D, BLOCK_DO = _interp_blocks(d, block, block_d, block_do)
-        grid = (triton.cdiv(n, BLOCK), triton.cdiv(d, BLOCK_DO))
-        _mmd_bwd_kernel[grid](*args, BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_DO=BLOCK_DO, num_warps=8,
-                              **common)
-    else:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["BLOCK_DO"]))  # noqa: E731
-        _mmd_bwd_tuned[grid](*args, **common)
-    return dx, dy
+    with _launch.on_device(x):
+        sel, rw, coef = _selection(x_mask, y_mask, N, y.shape[0], unbiased, acc, x.device)
+        u, sq = _pooled(x, y, mean, acc, sel)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dy = torch.empty_like(y, memory_format=torch.contiguous_format)
+        rw_arg, coef_arg = (rw, coef) if sel is not None else (sq, sq)
+        args = (u, sq, inv_h, grad.reshape(()).to(acc), dx, dy, rw_arg, coef_arg, N, n, d, u.stride(0),
+                dx.stride(0), dy.stride(0))
+        common = dict(NUM_K=inv_h.shape[0], SQUARING=bool(squaring), UNBIASED=bool(unbiased),
+                      HAS_W=sel is not None, ACC=ACC, DOT_PREC=prec)
+        if _INTERPRET or block is not None or block_d is not None or block_do is not None:
+            BLOCK, BLOCK_D, BLOCK_DO = _interp_blocks(d, block, block_d, block_do)
+            grid = (triton.cdiv(n, BLOCK), triton.cdiv(d, BLOCK_DO))
+            _mmd_bwd_kernel[grid](*args, BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_DO=BLOCK_DO, num_warps=8,
+                                  **common)
+        else:
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["BLOCK_DO"]))  # noqa: E731
+            _mmd_bwd_tuned[grid](*args, **common)
+        return dx, dy

@@ -19,6 +19,12 @@ os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Generated data (the demo's synthetic files) goes to the test's own folder, not ~/.cache."""
+    monkeypatch.setenv("FSRF_CACHE_DIR", str(tmp_path / "fsrf-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_restore_backend():
     """Each test starts from seed 0 and the automatic backend choice."""
     import fsrf

@@ -97,6 +97,36 @@ def test_mixed_widths_with_masks(backend, detach_norm):
     check(factors, pairs, [0, 1, 2, 3], backend, masks=masks, detach_norm=detach_norm)
 
 
+@pytest.mark.parametrize("n", [6, 40], ids=["row-space", "column-space"])
+@pytest.mark.parametrize("detach_norm", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("batching", ["one batch", "per term", "batches of 4"])
+def test_reference_row_and_column_space_products(n, detach_norm, masked, batching, monkeypatch):
+    # the torch reference forms its products in row space (N×N Grams) when N is small against the
+    # widths and in column space otherwise; it stacks small terms into batches and runs large
+    # ones one by one, on the factors themselves (unstacked sides too): every combination against
+    # the float64 loop, on FSRF's plan
+    from fsrf.reference import factor_constraints as ref_fc
+    from fsrf.reference import gram
+
+    if batching == "per term":
+        monkeypatch.setattr(ref_fc, "BATCH_ENTRIES", 1)
+        monkeypatch.setattr(gram, "STACK_ENTRIES", 1)
+    elif batching == "batches of 4":
+        monkeypatch.setattr(ref_fc, "BATCH_ENTRIES", 4 * n * 48)
+    widths = [24] * 9
+    assert gram._row_space(n, 24, 24) == (n == 6)
+    pairs, decor = fsrf_plan(3)
+    masks = None
+    if masked:
+        g = torch.Generator().manual_seed(n)
+        avail = [torch.rand(n, generator=g) < 0.7 for _ in range(3)]
+        avail[2][:] = False
+        avail[2][1] = True  # one observed row: that modality's terms are 0
+        masks = [avail[f // 3] for f in range(9)]
+    check(make(n, widths), pairs, decor, "torch", masks=masks, detach_norm=detach_norm)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_term_equals_the_single_op_on_the_selected_rows(backend):
     n = 11

@@ -36,7 +36,7 @@ def test_shapes_for_any_number_of_modalities(dims):
     for part in (out.homogeneous, out.heterogeneous, out.noise):
         assert set(part) == set(dims)
         assert all(v.shape == (B, 16) for v in part.values())
-    assert set(out.losses) == {"orth", "dered", "hom", "rec"}
+    assert set(out.losses) == {"orth", "dered", "hom", "rec", "loo"}
     assert out.aux_loss.dim() == 0
 
 
@@ -148,11 +148,11 @@ def test_loss_terms_present_and_positive():
     dims = {"a": 6, "b": 5, "c": 4}
     layer = FSRFLayer(dims, config=FSRFConfig(**SMALL))
     out = layer(*make_batch(dims, B=16))
-    for key in ("orth", "dered", "hom", "rec"):
+    for key in ("orth", "dered", "hom", "rec", "loo"):
         assert out.losses[key].item() > 0, key
     cfg = layer.config
     expect = (cfg.w_orth * out.losses["orth"] + cfg.w_dered * out.losses["dered"]
-              + cfg.w_hom * out.losses["hom"] + cfg.w_rec * out.losses["rec"])
+              + cfg.w_hom * out.losses["hom"] + cfg.w_rec * out.losses["rec"] + cfg.w_recov * out.losses["loo"])
     torch.testing.assert_close(out.aux_loss, expect)
 
 

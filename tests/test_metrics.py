@@ -187,3 +187,85 @@ def test_weighted_f1_cross_check_with_sklearn():
         t = rng.integers(0, 3, 30)
         p = rng.integers(0, 3, 30)
         assert metrics.weighted_f1(t, p) == pytest.approx(sk.f1_score(t, p, average="weighted", zero_division=0))
+
+
+# ------------------------------------------------------------------------- MMSA's two roundings
+# MMSA 2.2.1 writes round(x, 4) for every key, but x is a Python float for what scikit-learn returns
+# (accuracy_score: Has0_acc_2, Non0_acc_2; f1_score: every F1 key) and a numpy float for what its
+# own numpy code returns (np.sum(...) / float(n): Mult_acc_*; np.mean(...): MAE; np.corrcoef: Corr),
+# and round() on a numpy float is np.round. Listed here independently of metrics.ROUNDING.
+PYTHON_ROUNDED = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "F1_score"}
+NUMPY_ROUNDED = {"Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"}
+
+# Values where the two roundings disagree: x * 1e4 lands on .5 in floating point (numpy rounds that
+# to even) while the exact binary x lies on the other side of the half (Python rounds that).
+DIFFERING = [5e-05, 0.00025, 0.00035, 0.60015, 0.60045]
+
+
+def _differs(v, nd=4):
+    return round(v, nd) != float(np.round(v, nd))
+
+
+def test_the_pinned_values_do_round_differently():
+    assert all(_differs(v) for v in DIFFERING)
+    # round(5e-05, 4): the binary value is 5.00000000000000023960868e-05, above the half -> 0.0001;
+    # np.round: 5e-05 * 1e4 == 0.5 exactly, half to even -> 0.0
+    assert (round(5e-05, 4), float(np.round(5e-05, 4))) == (0.0001, 0.0)
+    assert (round(0.60015, 4), float(np.round(0.60015, 4))) == (0.6001, 0.6002)
+    # and such values are common among accuracies k / n: odd k over n = 20000
+    found = [k / 20000 for k in range(1, 20000, 2) if _differs(k / 20000)]
+    assert len(found) > 1000
+
+
+def test_every_key_has_its_mmsa_rounding():
+    assert PYTHON_ROUNDED | NUMPY_ROUNDED == set(metrics.MOSI_KEYS) | set(metrics.SIMS_KEYS)
+    for key in PYTHON_ROUNDED | NUMPY_ROUNDED:
+        for v in DIFFERING:
+            want = round(v, 4) if key in PYTHON_ROUNDED else float(np.round(v, 4))
+            assert metrics.round_metric(key, v, 4) == want, (key, v)
+    assert math.isnan(metrics.round_metric("Corr", float("nan"), 4))
+
+
+@pytest.mark.parametrize("dataset", ["mosi", "sims"])
+def test_compute_rounds_each_key_with_its_rule(dataset, monkeypatch):
+    # every key gets the same raw value, on which the two roundings disagree
+    for v in DIFFERING:
+        fake = {k: v for k in metrics.keys_for(dataset)}
+        monkeypatch.setattr(metrics, "_sims" if dataset == "sims" else "_mosi", lambda p, y, fake=fake: dict(fake))
+        r = metrics.compute([0.1, 0.2], [0.3, 0.4], dataset, ndigits=4)
+        assert list(r) == list(metrics.keys_for(dataset))
+        for k, got in r.items():
+            want = round(v, 4) if k in PYTHON_ROUNDED else float(np.round(v, 4))
+            assert got == want and type(got) is float, (k, v, got, want)
+
+
+def test_rounding_on_real_accuracies():
+    # 20000 labels of 1.0; 12003 predictions 1.0 (right for every accuracy) and the rest -1.0: every
+    # accuracy is 12003 / 20000 = 0.60015, yet MMSA reports 0.6001 for the scikit-learn accuracies
+    # and 0.6002 for its own numpy ones.
+    n, k = 20000, 12003
+    y = np.ones(n)
+    p = np.where(np.arange(n) < k, 1.0, -1.0)
+    raw = metrics.compute(p, y, "mosi")
+    assert raw["Has0_acc_2"] == raw["Non0_acc_2"] == raw["Mult_acc_5"] == raw["Mult_acc_7"] == k / n
+    r = metrics.compute(p, y, "mosi", ndigits=4)
+    assert r["Has0_acc_2"] == r["Non0_acc_2"] == 0.6001
+    assert r["Mult_acc_5"] == r["Mult_acc_7"] == 0.6002
+    # SIMS: 0.5 is in the positive bin of every binning, -0.5 in a negative one
+    s = metrics.compute(p * 0.5, y * 0.5, "sims", ndigits=4)
+    assert s["Mult_acc_2"] == s["Mult_acc_3"] == s["Mult_acc_5"] == 0.6002
+
+
+def test_rounding_on_a_real_mae():
+    # |p - y| = [v, v, 2v, 0]: the mean is exactly v = 5e-05, which numpy (MMSA's np.mean) rounds to 0
+    v = 5e-05
+    p, y = [v, v, 2 * v, -2.0], [0.0, 0.0, 0.0, -2.0]
+    assert metrics.compute(p, y, "mosi")["MAE"] == v
+    assert metrics.compute(p, y, "mosi", ndigits=4)["MAE"] == 0.0
+
+
+def test_rounding_arguments_are_checked():
+    with pytest.raises(TypeError, match="ndigits must be an int"):
+        metrics.compute(P, Y, "mosi", ndigits=4.0)
+    with pytest.raises(KeyError, match="metric name must be one of"):
+        metrics.round_metric("Acc_9", 0.5, 4)

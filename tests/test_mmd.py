@@ -159,6 +159,137 @@ def test_torch_backend_chunks_match_one_chunk():
     torch.testing.assert_close(gy.double(), rgy, rtol=1e-4, atol=1e-4 * rgy.abs().max().item())
 
 
+# -- row masks ---------------------------------------------------------------------------------
+
+def check_masked(x, y, mx, my, backend, rtol=1e-4, **kw):
+    """ops.mmd with row masks against mmd64 of the selected rows; unselected rows get zero gradient."""
+    loss, gx, gy = value_and_grads(lambda a, b: mmd(a, b, x_mask=mx, y_mask=my, backend=backend, **kw), x, y)
+    sx = torch.ones(x.shape[0], dtype=torch.bool) if mx is None else mx
+    sy = torch.ones(y.shape[0], dtype=torch.bool) if my is None else my
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, **kw), x[sx].double(), y[sy].double())
+    torch.testing.assert_close(loss.double(), rl, rtol=rtol, atol=rtol * 0.1)
+    for g, r, sel in ((gx, rgx, sx), (gy, rgy, sy)):
+        assert g.shape[0] == sel.shape[0] and g.dtype == x.dtype
+        torch.testing.assert_close(g[sel].double(), r, rtol=rtol, atol=rtol * r.abs().max().item())
+        assert g[~sel].abs().max().item() == 0 if (~sel).any() else True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("kernel_mul", [2.0, 1.5])
+@pytest.mark.parametrize("sides", ["both", "x", "y"])
+def test_row_masks_match_float64_of_the_selected_rows(backend, unbiased, kernel_mul, sides):
+    x, y = make(23, 17, 9)
+    g = torch.Generator().manual_seed(3)
+    mx = (torch.rand(23, generator=g) > 0.35) if sides in ("both", "x") else None
+    my = (torch.rand(17, generator=g) > 0.35) if sides in ("both", "y") else None
+    # unselected rows far away: they would dominate σ² and every kernel value if they took part
+    x[~mx if mx is not None else torch.zeros(23, dtype=torch.bool)] += 50.0
+    check_masked(x, y, mx, my, backend, unbiased=unbiased, kernel_mul=kernel_mul)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_row_masks_on_the_chunked_torch_path(monkeypatch, unbiased):
+    # a tiny budget: several ragged chunks per kernel sum instead of the dense small-problem path
+    monkeypatch.setattr(ref_mmd, "CHUNK_BUDGET_BYTES", 900)
+    x, y = make(31, 26, 6)
+    assert not ref_mmd.dense_fits(57, 4) and ref_mmd.chunk_rows(31, 31, 4) < 31
+    g = torch.Generator().manual_seed(4)
+    check_masked(x, y, torch.rand(31, generator=g) > 0.3, torch.rand(26, generator=g) > 0.5, "torch",
+                 unbiased=unbiased)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_triton_multi_tile_paths_with_masks(unbiased):
+    # forced small tiles with masks: selected and unselected rows in every tile
+    from fsrf.kernels.mmd import mmd_backward, mmd_forward
+
+    x, y = make(21, 30, 40)
+    g = torch.Generator().manual_seed(5)
+    mx, my = torch.rand(21, generator=g) > 0.4, torch.rand(30, generator=g) > 0.4
+    inv_h, mean = ref_mmd.inverse_bandwidths(x, y, 5, 2.0, None, mx, my)
+    loss = mmd_forward(x, y, inv_h, mean, unbiased, True, block=16, block_d=16, x_mask=mx, y_mask=my)
+    gx, gy = mmd_backward(torch.tensor(1.7), x, y, inv_h, mean, unbiased, True, block=16, block_d=16,
+                          block_do=16, x_mask=mx, y_mask=my)
+    rl, rgx, rgy = value_and_grads(lambda a, b: mmd64(a, b, unbiased=unbiased), x[mx].double(), y[my].double())
+    torch.testing.assert_close(loss.double(), rl, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gx[mx].double(), rgx, rtol=1e-4, atol=1e-4 * rgx.abs().max().item())
+    torch.testing.assert_close(gy[my].double(), rgy, rtol=1e-4, atol=1e-4 * rgy.abs().max().item())
+    assert gx[~mx].abs().max() == 0 and gy[~my].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_fewer_than_two_selected_rows_give_zero_and_zero_gradient(backend, unbiased):
+    x, y = make(6, 5, 3)
+    one = torch.zeros(6, dtype=torch.bool)
+    one[2] = True
+    for mx, my in ((one, None), (None, torch.zeros(5, dtype=torch.bool)),
+                   (torch.zeros(6, dtype=torch.bool), torch.zeros(5, dtype=torch.bool))):
+        loss, gx, gy = value_and_grads(lambda a, b: mmd(a, b, x_mask=mx, y_mask=my, unbiased=unbiased,
+                                                         backend=backend), x, y)
+        assert loss.item() == 0.0 and gx.abs().max() == 0 and gy.abs().max() == 0
+    # a masked side may have a single row at all
+    loss = mmd(x[:1], y, x_mask=torch.ones(1, dtype=torch.bool), backend=backend)
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unselected_rows_may_hold_nan(backend):
+    # they take no part: neither the finite check nor the value sees them
+    x, y = make(8, 7, 4)
+    mx = torch.ones(8, dtype=torch.bool)
+    mx[3] = False
+    bad = x.clone()
+    bad[3] = float("nan")
+    torch.testing.assert_close(mmd(bad, y, x_mask=mx, backend=backend), mmd(x[mx], y, backend=backend),
+                               rtol=1e-5, atol=1e-6)
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="x contains non-finite values"):
+        mmd(bad, y, x_mask=mx, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_masks_compile_fullgraph(backend):
+    # one graph for any selection: the masks are data, not shapes
+    x, y = make(9, 8, 3)
+    g = torch.Generator().manual_seed(6)
+    fn = lambda a, b, ma, mb: mmd(a, b, x_mask=ma, y_mask=mb, backend=backend)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for _ in range(2):
+        mx, my = torch.rand(9, generator=g) > 0.3, torch.rand(8, generator=g) > 0.3
+        l1, gx1, gy1 = value_and_grads(lambda a, b: fn(a, b, mx, my), x, y)
+        l2, gx2, gy2 = value_and_grads(lambda a, b: compiled(a, b, mx, my), x, y)
+        torch.testing.assert_close(l1, l2)
+        torch.testing.assert_close(gx1, gx2)
+        torch.testing.assert_close(gy1, gy2)
+
+
+def test_bad_masks():
+    x, y = make(4, 3, 2)
+    with pytest.raises(TypeError, match="x_mask must have dtype torch.bool"):
+        mmd(x, y, x_mask=torch.ones(4))
+    with pytest.raises(ValueError, match=r"y_mask must have shape \(3,\)"):
+        mmd(x, y, y_mask=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="x_mask must be a bool torch.Tensor"):
+        mmd(x, y, x_mask=[True] * 4)
+    with pytest.raises(ValueError, match="x must have at least 1 rows"):
+        mmd(x[:0], y, x_mask=torch.ones(0, dtype=torch.bool))
+
+
+def test_dense_and_chunked_torch_paths_agree():
+    # the small-problem dense path and the chunked one compute the same sums
+    x, y = make(40, 33, 12)
+    assert ref_mmd.dense_fits(73, 4)
+    for unbiased in (False, True):
+        for kernel_mul in (2.0, 1.5):
+            dense = value_and_grads(lambda a, b: ref_mmd.mmd(a, b, unbiased=unbiased, kernel_mul=kernel_mul), x, y)
+            chunked = value_and_grads(lambda a, b: ref_mmd.mmd(a, b, unbiased=unbiased, kernel_mul=kernel_mul,
+                                                               chunk_bytes=2000), x, y)
+            for d, c in zip(dense, chunked):
+                torch.testing.assert_close(d, c, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 def test_half_precision_against_fp32_reference(backend, dtype, tol):
@@ -229,10 +360,15 @@ def test_opcheck():
     x, y = make(5, 4, 3)
     x.requires_grad_(True)
     y.requires_grad_(True)
-    torch.library.opcheck(torch.ops.fsrf.mmd.default, (x, y, None, 5, 2.0, False))
-    torch.library.opcheck(torch.ops.fsrf.mmd.default, (x, y, torch.tensor([0.5, 2.0]), 5, 2.0, True))
+    mx, my = torch.tensor([True, False, True, True, True]), torch.tensor([True, True, False, True])
+    torch.library.opcheck(torch.ops.fsrf.mmd.default, (x, y, None, 5, 2.0, False, None, None))
+    torch.library.opcheck(torch.ops.fsrf.mmd.default, (x, y, torch.tensor([0.5, 2.0]), 5, 2.0, True, None, None))
+    torch.library.opcheck(torch.ops.fsrf.mmd.default, (x, y, None, 5, 2.0, True, mx, my))
+    torch.library.opcheck(torch.ops.fsrf.mmd.default, (x, y, None, 5, 2.0, False, None, my))
     torch.library.opcheck(torch.ops.fsrf.mmd_backward.default,
-                          (torch.tensor(1.3), x.detach(), y.detach(), None, 3, 1.5, True))
+                          (torch.tensor(1.3), x.detach(), y.detach(), None, 3, 1.5, True, None, None))
+    torch.library.opcheck(torch.ops.fsrf.mmd_backward.default,
+                          (torch.tensor(1.3), x.detach(), y.detach(), None, 5, 2.0, False, mx, None))
 
 
 # -- memory of the torch backend --------------------------------------------------------------
@@ -391,17 +527,18 @@ _SM90_KERNELS = """
     for dt, prec, sq in (("fp32", "tf32x3", True), ("fp64", "ieee", False)):
         acc = tl.float64 if dt == "fp64" else tl.float32
         a = "*" + dt
-        base = dict(NUM_K=5, SQUARING=sq, UNBIASED=True, ACC=acc, DOT_PREC=prec)
+        base = dict(NUM_K=5, SQUARING=sq, UNBIASED=True, HAS_W=sq, ACC=acc, DOT_PREC=prec)
         cfg = _FWD_CONFIGS[0]
         ce = dict(base, **cfg.kwargs)
-        sig = {"U": a, "SQ": a, "INVH": a, "PART": a, "N": "i32", "n": "i32", "d": "i32", "su": "i32"}
+        sig = {"U": a, "SQ": a, "INVH": a, "PART": a, "RW": a, "COEF": a, "N": "i32", "n": "i32", "d": "i32",
+               "su": "i32"}
         sig.update({k: "constexpr" for k in ce})
         compile_sm90(_mmd_fwd_kernel, sig, ce, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         cfg = _BWD_CONFIGS[0]
         ce = dict(base, **cfg.kwargs)
         out = "*bf16" if dt == "fp32" else a
-        sig = {"U": a, "SQ": a, "INVH": a, "GOUT": a, "DX": out, "DY": out, "N": "i32", "n": "i32",
-               "d": "i32", "su": "i32", "sdx": "i32", "sdy": "i32"}
+        sig = {"U": a, "SQ": a, "INVH": a, "GOUT": a, "DX": out, "DY": out, "RW": a, "COEF": a, "N": "i32",
+               "n": "i32", "d": "i32", "su": "i32", "sdx": "i32", "sdy": "i32"}
         sig.update({k: "constexpr" for k in ce})
         compile_sm90(_mmd_bwd_kernel, sig, ce, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 """

@@ -28,7 +28,7 @@ PUBLIC = [
     ("fsrf.metrics.compute", "fsrf.metrics"),
     ("fsrf.data.load_mmsa", "fsrf.data.mmsa"), ("fsrf.data.make_synthetic", "fsrf.data.synthetic"),
     ("fsrf.data.describe", "fsrf.data.mmsa"),
-    ("fsrf.training.trainer", "fsrf.training.trainer"), ("fsrf.training.run_demo", "fsrf.training.demo"),
+    ("fsrf.training.fit", "fsrf.training.trainer"), ("fsrf.training.run_demo", "fsrf.training.demo"),
 ]
 
 

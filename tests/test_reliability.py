@@ -206,6 +206,32 @@ def test_a_kill_between_best_and_last_is_resumed(tiny_data, tmp_path, monkeypatc
     assert res["best_epoch"] == 3 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
 
 
+def test_a_kill_between_best_and_last_resumed_as_a_shorter_run(tiny_data, tmp_path, monkeypatch):
+    # the interrupted epoch lies beyond the resumed run, and its best.pt replaced the earlier best:
+    # selection restarts from last.pt instead of ending with a best.pt from outside the run
+    fit_mod = sys.modules["fsrf.training.trainer"]
+    scores = iter([3.0, 2.0, 1.0])
+    monkeypatch.setattr(fit_mod, "_selection_score", lambda *a, **k: next(scores))
+    real_save, calls = fit_mod.save_checkpoint, []
+
+    def save(obj, path):
+        calls.append(path.name)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # epoch 3's best.pt written, its last.pt not
+        return real_save(obj, path)
+
+    monkeypatch.setattr(fit_mod, "save_checkpoint", save)
+    data = load_mmsa(tiny_data)
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, tmp_path, config=CFG, settings=settings(epochs=4), seed=5, log=None)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(fit_mod, "_selection_score", lambda *a, **k: 1.5)
+    logs = []
+    res = fit(data, tmp_path, config=CFG, settings=settings(epochs=2), seed=5, resume=True, log=logs.append)
+    assert any("beyond the 2 epochs" in line for line in logs), logs
+    assert res["best_epoch"] == 1 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+
 def test_best_of_another_run_is_refused(trained, tmp_path, tiny_data):
     run = tmp_path / "run"
     shutil.copytree(trained, run)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import fsrf
 from fsrf import FSRFConfig, cli
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.data import load_mmsa, make_synthetic
@@ -138,6 +139,58 @@ def test_settings_validation():
         TrainSettings(select_rates=(1.5,))
 
 
+def test_training_loop_reads_no_loss_from_the_device_per_batch(tiny_data, tmp_path, monkeypatch):
+    # the epoch's loss parts are summed on the device and read once per epoch: a float(tensor)
+    # per batch would be one host sync each on a GPU
+    floats = []
+    real = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: floats.append(1) or real(t))
+    data = load_mmsa(tiny_data)
+    res = fit(data, tmp_path, config=CFG, settings=settings(epochs=1, batch_size=8), seed=7, log=None)
+    assert not floats
+    row = res["history"][0]
+    assert {"total", "task_a", "orth", "kl"} <= set(row) and all(np.isfinite(row[k]) for k in ("total", "task_a"))
+
+
+def test_fit_with_compile_logs_the_compile_time_once(tiny_data, tmp_path, monkeypatch):
+    import functools
+
+    # aot_eager: the same capture of forward and backward as inductor, without minutes of code
+    # generation on 2 cores (the inductor step is timed in benchmarks/bench_train_step.py)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    lines = []
+    data = load_mmsa(tiny_data)
+    res = fit(data, tmp_path, config=CFG, settings=settings(compile=True), seed=7, log=lines.append)
+    compile_lines = [line for line in lines if line.startswith("torch.compile:")]
+    assert len(compile_lines) == 1, lines
+    # 40 samples in batches of 16: a full and a trailing batch size, each compiled once
+    assert "(8, 16)" in compile_lines[0]
+    assert res["compile_seconds"] > 0 and res["epochs_run"] == 2
+    assert all(np.isfinite(row["total"]) for row in res["history"])
+    with pytest.raises(TypeError, match="compile must be a bool"):
+        TrainSettings(compile="yes")
+
+
+def test_compiled_step_checks_the_batch_for_nan(tiny_data, tmp_path, monkeypatch):
+    # a compiled graph leaves the ops' NaN checks out, so the trainer checks each batch before it
+    from fsrf.training import trainer
+
+    bad = {"text": torch.zeros(2, 3, 4), "audio": torch.full((2, 3, 2), float("-inf"))}
+    with pytest.raises(ValueError, match=r"NaN or Inf in \['audio'\]"):
+        trainer._check_batch_finite(bad, torch.zeros(2))
+    fsrf.set_check_finite(False)
+    try:
+        trainer._check_batch_finite(bad, torch.zeros(2))  # switched off with the ops' check
+    finally:
+        fsrf.set_check_finite(True)
+    seen = []
+    monkeypatch.setattr(trainer, "_check_batch_finite", lambda inputs, labels: seen.append(len(labels)))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the plumbing only
+    fit(load_mmsa(tiny_data), tmp_path, config=CFG, settings=settings(compile=True, epochs=1), seed=7, log=None)
+    assert seen == [16, 16, 8]
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
@@ -147,6 +200,10 @@ def test_cli_train_and_evaluate(tiny_data, tmp_path, capsys):
     rc = cli.main(["train", "--data", str(tiny_data), "--dataset", "mosei", "--config", str(cfg), "--epochs", "1",
                    "--batch-size", "16", "--no-progress", "--seeds", "11", "12", "--out", str(run)])
     assert rc == 0
+    from fsrf.cli._options import Parser, add_training_options, train_settings
+    p = Parser()
+    add_training_options(p)
+    assert train_settings(p.parse_args(["--compile"])).compile and not train_settings(p.parse_args([])).compile
     assert (run / "seed_11" / "best.pt").is_file() and (run / "seed_12" / "best.pt").is_file()
     out = tmp_path / "eval"
     rc = cli.main(["evaluate", "--checkpoint", str(run), "--data", str(tiny_data), "--rates", "0:0.9:0.3",
@@ -200,18 +257,22 @@ class _nothing:
 def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     from fsrf.training import run_demo
 
+    out = tmp_path / "demo"
     saved = os.umask(0o027)  # an unusual umask, so the check cannot pass by accident
     try:
-        res = run_demo(tmp_path, quick=True, progress=False, spec={"n": (48, 16, 24), "epochs": 1, "d_model": 16})
+        res = run_demo(out, quick=True, progress=False, spec={"n": (48, 16, 24), "epochs": 1, "d_model": 16})
     finally:
         os.umask(saved)
-    assert set(res["models"]) == {"FSRF", "baseline (dhf, das off)"}
+    assert list(res["models"]) == ["FSRF", "late fusion + modality dropout", "MulT"]
     for m in res["models"].values():
         assert list(m["mean"]["intra"]) == [f"{0.1 * i:.1f}" for i in range(10)]
         assert list(m["mean"]["inter"]) == ["l", "a", "v", "la", "lv", "av", "lav"]
-    for name in ("results.json", "results.csv", "robustness.png", "synthetic_mosei.pkl", "fsrf/best.pt"):
-        assert (tmp_path / name).is_file()
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name  # 0o666 & ~umask, like open()
+    cached = list((tmp_path / "fsrf-cache" / "synthetic").glob("*.pkl"))
+    assert len(cached) == 1 and not list(out.glob("*.pkl"))  # data in the cache, not with the results
+    for path in [out / n for n in ("results.json", "results.csv", "robustness.png", "comparison.md",
+                                   "fsrf/seed_1111/best.pt")] + cached:
+        assert path.is_file()
+        assert path.stat().st_mode & 0o777 == 0o640, path.name  # 0o666 & ~umask, like open()
 
 
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):

@@ -161,6 +161,33 @@ def test_mmd(dtype, nm_d, kw):
         check(f"grad {i}", a, b, RTOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("nm_d", [(64, 64, 128), (700, 300, 40)])
+def test_mmd_row_masks(dtype, unbiased, nm_d):
+    # the selected rows only, bandwidth included, against the float64 formula on those rows
+    n, m, d = nm_d
+    g = torch.Generator(device="cpu").manual_seed(1)
+    mx, my = (torch.rand(n, generator=g) > 0.3).to(DEV), (torch.rand(m, generator=g) > 0.4).to(DEV)
+    x = torch.randn(n, d, device=DEV)
+    x[~mx] += 40.0  # unselected rows far away: they would dominate if they took part
+    x = x.to(dtype)
+    y = (1.2 * torch.randn(m, d, device=DEV) + 0.3).to(dtype)
+    low, high = leaves(x, y)
+    got = fsrf.ops.mmd(*low, x_mask=mx, y_mask=my, unbiased=unbiased, backend="triton")
+    sel = [high[0][mx], high[1][my]]
+    exx, eyy, exy = mmd64_terms(*sel, unbiased=unbiased)
+    check("value", got, exx + eyy - 2 * exy, RTOL[dtype], (exx.abs() + eyy.abs() + 2 * exy.abs()).detach())
+    gl = torch.autograd.grad(got * 1.7, low)
+    gh = torch.autograd.grad((exx + eyy - 2 * exy) * 1.7, high)
+    for i, (a, b, mk) in enumerate(zip(gl, gh, (mx, my))):
+        check(f"grad {i}", a[mk], b[mk], RTOL[dtype])
+        assert a[~mk].abs().max() == 0
+    one = torch.zeros(n, dtype=torch.bool, device=DEV)
+    one[0] = True
+    assert fsrf.ops.mmd(x, y, x_mask=one, backend="triton").item() == 0.0
+
+
 def test_mmd_same_sample_is_zero():
     x = torch.randn(777, 64, device=DEV)
     assert abs(fsrf.ops.mmd(x, x.clone(), backend="triton").item()) < 1e-5
@@ -250,3 +277,82 @@ def test_torch_compile_fullgraph(name):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for x, y in zip(torch.autograd.grad(got, a1), torch.autograd.grad(want, a2)):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# launches: the inputs' device, grids beyond 65535 row tiles
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(HAS_CUDA and torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_run_on_the_inputs_device_not_the_current_one():
+    # inputs on cuda:1 while cuda:0 is current: every launcher must switch to cuda:1
+    dev = "cuda:1"
+    g = torch.Generator(device="cpu").manual_seed(2)
+    x, y = torch.randn(300, 64, generator=g), torch.randn(200, 64, generator=g)
+    s, t = torch.randn(64, 500, generator=g), torch.randn(64, 500, generator=g)
+    fs = [torch.randn(64, 128, generator=g) for _ in range(4)]
+    mask = torch.rand(300, generator=g) > 0.3
+
+    def run(device):
+        leaves_ = [v.to(device).requires_grad_() for v in (x, y, s, t, *fs)]
+        xl, yl, sl, tl, *fl = leaves_
+        loss = (fsrf.ops.mmd(xl, yl, backend="triton") + fsrf.ops.mmd(xl, yl, x_mask=mask.to(device), backend="triton")
+                + fsrf.ops.kl_divergence(sl, tl, temperature=2.0, symmetric=True, backend="triton")
+                + fsrf.ops.factor_constraints(fl, [(0, 1), (2, 3)], [0, 3], backend="triton").sum())
+        grads = torch.autograd.grad(loss, leaves_, allow_unused=True)
+        return [loss.detach().cpu()] + [gr.cpu() for gr in grads if gr is not None]
+
+    with torch.cuda.device(0):
+        got = run(dev)
+    want = run("cuda:0")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gram_backward_beyond_65535_row_tiles():
+    # 65536 tiles of 64 rows and one more: on grid axis 1 this launch would fail
+    n = 65536 * 64 + 1
+    a = torch.randn(n, 4, device=DEV)
+    b = torch.randn(n, 4, device=DEV) + 0.1 * a
+    low, high = leaves(a, b)
+    got = fsrf.ops.orthogonality_loss(*low, backend="triton")
+    want = fsrf.ops.orthogonality_loss(*high, backend="torch")
+    check("value", got, want, RTOL[torch.float32])
+    for i, (x, y) in enumerate(zip(torch.autograd.grad(got, low), torch.autograd.grad(want, high))):
+        check(f"grad {i}", x, y, 1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole FSRF training step, compiled
+# --------------------------------------------------------------------------------------------
+
+def test_fsrf_training_loss_compiles_fullgraph_on_cuda():
+    import torch._inductor.config as inductor_config
+
+    from fsrf import FSRFConfig, FSRFModel
+
+    torch._dynamo.reset()
+    dims = {"text": 48, "audio": 12, "vision": 10}
+    model = FSRFModel(dims, FSRFConfig(d_model=32, num_heads=4, dropout=0.0)).to(DEV).train()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, T = 16, 7
+    inputs = {m: torch.randn(B, T, d, generator=g).to(DEV) for m, d in dims.items()}
+    masks = {m: (torch.rand(B, T, generator=g) > 0.3).to(DEV) for m in dims}
+    masks["audio"][:4] = False  # some samples without audio
+    labels = torch.randn(B, generator=g).to(DEV)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(fn):
+        torch.manual_seed(3)  # the same second view in both runs
+        loss, _ = fn(inputs, masks, labels)
+        return [loss.detach()] + list(torch.autograd.grad(loss, params, allow_unused=True))
+
+    # inductor's own random numbers would draw another second view than eager
+    with inductor_config.patch(fallback_random=True):
+        got = step(torch.compile(model.training_loss, fullgraph=True))
+    want = step(model.training_loss)
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None or a.abs().max() == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)

@@ -37,6 +37,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training step through torch.compile (the compilation time is printed once)")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -79,4 +81,6 @@ def train_settings(args: argparse.Namespace, base: dict | None = None):
             kw[name] = v
     if getattr(args, "no_progress", False):
         kw["progress"] = False
+    if getattr(args, "compile", False):
+        kw["compile"] = True
     return TrainSettings(**kw)

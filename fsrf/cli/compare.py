@@ -9,9 +9,10 @@ from fsrf.cli._options import add_training_options, locked_output, model_config,
 
 __all__ = ["add_parser", "MODEL_KEYS"]
 
-#: ``--models`` keys -> the display names of :func:`fsrf.training.default_specs`, in its order.
+#: ``--models`` keys -> the display names of :func:`fsrf.training.default_specs`, in its order
+#: (``all`` is every one but ``fsrf-first``, the method before docs/FSRF_METHOD.md §7).
 MODEL_KEYS = {
-    "fsrf": "FSRF", "fsrf-no-dhf": "FSRF w/o DHF", "fsrf-no-das": "FSRF w/o DAS",
+    "fsrf": "FSRF", "fsrf-first": "FSRF (first reconstruction)", "fsrf-no-dhf": "FSRF w/o DHF", "fsrf-no-das": "FSRF w/o DAS",
     "fsrf-no-recovery": "FSRF w/o recovery", "late-fusion": "late fusion",
     "late-fusion-md": "late fusion + modality dropout", "mult": "MulT",
 }
@@ -21,7 +22,7 @@ def parse_models(spec: str) -> list[str]:
     """``"all"`` or a comma list of :data:`MODEL_KEYS` keys → display names, in the table's order."""
     s = spec.strip().lower()
     if s == "all":
-        return list(MODEL_KEYS.values())
+        return [v for k, v in MODEL_KEYS.items() if k != "fsrf-first"]
     keys = [k.strip() for k in s.split(",") if k.strip()]
     bad = [k for k in keys if k not in MODEL_KEYS]
     if bad or not keys:
@@ -39,7 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     data, kind = load_dataset(args.data, args.dataset, strict=args.strict)
     # --config gives the whole FSRFConfig of the full model; otherwise the defaults at --d-model
     cfg = model_config(args, {}) if args.config else model_config(args, {}).replace(d_model=args.d_model)
-    specs = [s for s in default_specs(args.d_model, fsrf_config=cfg) if s.name in names]
+    specs = [s for s in default_specs(args.d_model, fsrf_config=cfg, first_reconstruction=MODEL_KEYS["fsrf-first"] in names)
+             if s.name in names]
     settings = train_settings(args, {"epochs": 20})
     with locked_output(args.out):
         compare(data, specs, args.out, seeds=args.seeds, dataset=kind, settings=settings, rates=rates,

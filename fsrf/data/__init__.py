@@ -9,28 +9,23 @@
 * :func:`describe` — print (and return) splits, sizes, dims, lengths, label ranges.
 * :func:`make_synthetic` — write a synthetic file with the MMSA schema (presets mosi/mosei/sims),
   from one of the generators in :data:`SYNTHETIC_GENERATORS` (``"factor"``, ``"events"``).
+* :func:`cached_synthetic`, :func:`cache_dir` — synthetic files written once into a cache folder.
 * :class:`fsrf.data.bert.BertTextEncoder` — encode ``text_bert`` ids with a local BERT
   (optional ``transformers``; never downloads).
 * :func:`safe_load`, :class:`UnsafePickleError` — the restricted unpickler used for all of this.
 """
 
+from fsrf.data.cache import cache_dir, cached_synthetic
 from fsrf.data.dataset import MODALITIES, MMSASplit, collate_mmsa
-from fsrf.data.mmsa import (
-    KNOWN_SHA256,
-    SPLITS,
-    MMSAChecksumWarning,
-    MMSADataset,
-    describe,
-    load_dataset,
-    load_mmsa,
-    sha256_file,
-)
+from fsrf.data.mmsa import (KNOWN_SHA256, SPLITS, MMSAChecksumWarning, MMSADataset, MMSALengthWarning, describe,
+                            load_dataset, load_mmsa, sha256_file)
 from fsrf.data.safe_pickle import UnsafePickleError, safe_load
 from fsrf.data.synthetic import PRESETS, SYNTHETIC_GENERATORS, make_synthetic
 
 __all__ = ["load_mmsa", "load_dataset", "MMSADataset", "MMSASplit", "collate_mmsa", "describe", "make_synthetic",
            "PRESETS", "SYNTHETIC_GENERATORS", "MODALITIES", "SPLITS", "KNOWN_SHA256", "MMSAChecksumWarning",
-           "sha256_file", "safe_load", "UnsafePickleError", "BertTextEncoder"]
+           "MMSALengthWarning", "sha256_file", "safe_load", "UnsafePickleError", "BertTextEncoder", "cache_dir",
+           "cached_synthetic"]
 
 
 def __getattr__(name):

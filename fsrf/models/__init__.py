@@ -11,6 +11,10 @@ training loop (:func:`fsrf.training.trainer`) and the comparison harness
 
 :class:`ModelSpec` names a model and how to build it; checkpoints of the built-in kinds record
 ``(kind, kwargs)`` so :func:`build_model` can rebuild them.
+
+Every built-in model has ``model.save_pretrained(dir)`` and ``Kind.from_pretrained(dir)`` (a folder
+with ``config.json`` and ``model.safetensors``, :mod:`fsrf.models.pretrained`);
+:func:`from_pretrained` rebuilds whichever kind a folder holds.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from torch import nn
 from fsrf.models.fsrf_model import FSRFModel
 from fsrf.models.late_fusion import LateFusion
 from fsrf.models.mult import MulT
+from fsrf.models.pretrained import PretrainedMixin, _register_kind, from_pretrained, save_pretrained
 
-__all__ = ["FSRFModel", "LateFusion", "MulT", "MODEL_KINDS", "build_model", "ModelSpec"]
+__all__ = ["FSRFModel", "LateFusion", "MulT", "MODEL_KINDS", "build_model", "rebuild_model", "ModelSpec",
+           "PretrainedMixin", "save_pretrained", "from_pretrained"]
 
 
 def _fsrf(dims, **config):
@@ -33,8 +39,20 @@ def _fsrf(dims, **config):
     return FSRFModel(dims, FSRFConfig.from_dict(config))
 
 
+def _fsrf_saved(dims, **config):
+    from fsrf.config import FSRFConfig
+
+    return FSRFModel(dims, FSRFConfig.from_saved(config))
+
+
 #: Built-in model kinds: ``kind -> builder(modality_dims, **kwargs)``.
 MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {"fsrf": _fsrf, "late_fusion": LateFusion, "mult": MulT}
+
+# what save_pretrained writes for each kind is what build_model takes: FSRF's config fields, or
+# the constructor arguments of the baselines
+_register_kind("fsrf", FSRFModel, _fsrf_saved, kwargs_of=lambda model: model.config.to_dict())
+_register_kind("late_fusion", LateFusion, LateFusion)
+_register_kind("mult", MulT, MulT)
 
 
 def build_model(kind: str, modality_dims: Mapping[str, int], **kwargs: Any) -> nn.Module:
@@ -42,6 +60,14 @@ def build_model(kind: str, modality_dims: Mapping[str, int], **kwargs: Any) -> n
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}; got {kind!r}")
     return MODEL_KINDS[kind](dict(modality_dims), **kwargs)
+
+
+def rebuild_model(kind: str, modality_dims: Mapping[str, int], saved_kwargs: Mapping[str, Any]) -> nn.Module:
+    """:func:`build_model` for ``(kind, kwargs)`` read from a file: an FSRF config saved before a
+    default changed keeps the values it was trained with (:meth:`fsrf.FSRFConfig.from_saved`)."""
+    if kind == "fsrf":
+        return _fsrf_saved(dict(modality_dims), **dict(saved_kwargs))
+    return build_model(kind, modality_dims, **dict(saved_kwargs))
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf.config import FSRFConfig
+from fsrf.models.pretrained import PretrainedMixin
 from fsrf.nn.layer import FSRFLayer, FSRFOutput
 
 __all__ = ["FSRFModel"]
 
 
-class FSRFModel(nn.Module):
+class FSRFModel(PretrainedMixin, nn.Module):
     """The full FSRF model for sentiment regression: ``ŷ = w·f + b`` on the layer's fused output.
 
     Args:
@@ -30,6 +31,29 @@ class FSRFModel(nn.Module):
         self.layer = FSRFLayer(modality_dims, config=config)
         self.config = self.layer.config
         self.head = nn.Linear(self.config.out_dim, 1)
+        # training steps taken, for the warm-up of the auxiliary weights; saved so that a resumed
+        # run continues the ramp where it stopped
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # checkpoints written before the warm-up have no step counter: they start a fresh ramp
+        key = prefix + "steps"
+        if key not in state_dict:
+            state_dict[key] = torch.zeros((), dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def aux_scale(self) -> Tensor:
+        """The factor on every auxiliary weight at the current step: ``min(1, (steps + 1) /
+        aux_warmup_steps)``, or 1 without warm-up (a 0-dim fp32 tensor, no host sync)."""
+        return self._ramp(self.steps + 1)
+
+    def _ramp(self, step: Tensor) -> Tensor:
+        warm = self.config.aux_warmup_steps
+        if warm <= 0:
+            return torch.ones((), dtype=torch.float32, device=step.device)
+        return (step.float() / warm).clamp(max=1.0)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -54,22 +78,35 @@ class FSRFModel(nn.Module):
                       generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The §4 objective: ``L_task(A) + L_task(B) + Σ w·L_aux``.
 
-        View A is the batch as given; view B is A further corrupted by
+        View A is the batch as given, with whole modalities removed from a sample with
+        probability ``config.modality_dropout`` (in training mode); view B is A further corrupted by
         :func:`fsrf.missing.corrupt` (extra frames dropped at ``config.view_rate``, whole
         modalities removed with probability ``config.view_inter_prob``), drawn from
         ``generator`` (or torch's global generator). The DHF constraints are averaged over the
         two views so their weights mean the same with and without DAS. With ``das=False`` only
-        view A is used.
+        view A is used. Every auxiliary weight is multiplied by :meth:`aux_scale`, which ramps
+        from 0 to 1 over ``config.aux_warmup_steps`` training steps; each call in training mode
+        counts one step.
 
         Returns ``(loss, parts)``; ``parts`` holds detached 0-dim tensors ``task_a``, ``task_b``,
-        ``orth``, ``dered``, ``hom``, ``rec``, ``kl``, ``dist``, ``recov`` and ``total`` (no host
+        ``orth``, ``dered``, ``hom``, ``rec``, ``loo`` (leave-one-out recovery, 0 unless
+        ``recovery_loss="view+loo"``), ``kl``, ``dist``, ``recov``, ``aux_scale`` and ``total`` (no host
         sync: call ``.item()`` on them only when logging).
+
+        ``torch.compile(model.training_loss, fullgraph=True)`` captures the whole step in one
+        graph (masks and every missing pattern included) with no host sync in it. Pass
+        ``generator=None`` there: a ``torch.Generator`` cannot enter a compiled graph, and view B
+        is then drawn from torch's default generator of the device. The NaN/Inf input checks are
+        skipped inside the graph; check a batch before the step if needed (the trainer does,
+        see :class:`fsrf.training.TrainSettings`).
         """
         from fsrf.missing import corrupt
 
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a torch.Tensor of shape (B,); got {type(labels).__name__}")
         cfg = self.config
+        if cfg.modality_dropout > 0 and self.training:
+            inputs, masks = corrupt(inputs, masks, rate=0.0, inter_prob=cfg.modality_dropout, generator=generator)
         pred_a, out_a = self.predict(inputs, masks)
         if labels.shape != pred_a.shape:
             raise ValueError(f"labels must have shape {tuple(pred_a.shape)} (one per sample); got {tuple(labels.shape)}")
@@ -87,14 +124,24 @@ class FSRFModel(nn.Module):
         else:
             parts["task_b"] = zero
             das = {"kl": zero, "dist": zero, "recov": zero}
-        for key in ("orth", "dered", "hom", "rec"):
+        for key in ("orth", "dered", "hom", "rec", "loo"):
             vals = [v.losses[key] for v in views if key in v.losses]
             parts[key] = torch.stack(vals).mean() if vals else zero
         parts.update(das)
-        total = (parts["task_a"] + parts["task_b"]
-                 + cfg.w_orth * parts["orth"] + cfg.w_dered * parts["dered"]
-                 + cfg.w_hom * parts["hom"] + cfg.w_rec * parts["rec"]
-                 + cfg.w_kl * parts["kl"] + cfg.w_dist * parts["dist"] + cfg.w_recov * parts["recov"])
+        if self.training:
+            # the scale is materialised in a fresh tensor before the counter moves: AOTAutograd
+            # (torch.compile) may otherwise recompute it in the backward from the buffer, which by
+            # then holds the next step (measured: the auxiliary gradients came out doubled)
+            ramp = self._ramp(self.steps + 1)
+            scale = torch.empty_like(ramp).copy_(ramp)
+            self.steps.add_(1)
+        else:
+            scale = self.aux_scale()
+        aux = (cfg.w_orth * parts["orth"] + cfg.w_dered * parts["dered"]
+               + cfg.w_hom * parts["hom"] + cfg.w_rec * parts["rec"]
+               + cfg.w_kl * parts["kl"] + cfg.w_dist * parts["dist"] + cfg.w_recov * (parts["recov"] + parts["loo"]))
+        total = parts["task_a"] + parts["task_b"] + scale * aux
+        parts["aux_scale"] = scale
         parts = {k: v.detach() for k, v in parts.items()}
         parts["total"] = total.detach()
         return total, parts

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf.models._inputs import gather, masked_mean
+from fsrf.models.pretrained import PretrainedMixin
 
 __all__ = ["LateFusion"]
 
@@ -27,7 +28,7 @@ def _check_unit(value, name: str) -> float:
     return float(value)
 
 
-class LateFusion(nn.Module):
+class LateFusion(PretrainedMixin, nn.Module):
     """Late-fusion regressor robust to missing modalities only through its training data.
 
     Args:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf.models._inputs import gather, masked_mean
+from fsrf.models.pretrained import PretrainedMixin
 from fsrf.nn.attention import MaskedCrossModalAttention
 
 __all__ = ["MulT"]
@@ -52,7 +53,7 @@ class _Block(nn.Module):
         return x + self.drop(self.ff(self.ln_ff(x)))
 
 
-class MulT(nn.Module):
+class MulT(PretrainedMixin, nn.Module):
     """Cross-modal transformer baseline.
 
     Args:

@@ -33,7 +33,8 @@ class FSRFOutput:
         pooled: {name: (B, d)} pooled features z_m (0 where the modality is missing).
         available: (B, M) bool, True where modality m has at least one observed frame;
             columns follow :attr:`FSRFLayer.modalities`.
-        losses: {"orth", "dered", "hom", "rec"} unweighted 0-dim tensors in training, {} in eval.
+        losses: {"orth", "dered", "hom", "rec"} (and "loo" with ``recovery_loss="view+loo"``)
+            unweighted 0-dim tensors in training, {} in eval.
         aux_loss: weighted sum of ``losses`` (0-dim; exactly 0 in eval).
         shared_mean: (B, d_f) mean homogeneous code s̄ of the available modalities (0 when none).
     """
@@ -116,7 +117,8 @@ class FSRFLayer(nn.Module):
         M = len(self.modalities)
 
         self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m)) for m, D in modality_dims.items()})
-        self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout)
+        self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
+                                                                backend=self.op_backend("masked_cross_attention"))
                                    for m in self.modalities})
         if cfg.dhf:
             self.enc_hom = _mlp(d, df, df, cfg.dropout)  # one encoder shared by all modalities (§2)
@@ -124,10 +126,20 @@ class FSRFLayer(nn.Module):
             self.enc_noise = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
             self.dec = nn.ModuleDict({m: _mlp(3 * df, d, d, cfg.dropout) for m in self.modalities})
             self.recover_het = nn.ModuleDict({m: _mlp(df, df, df, cfg.dropout) for m in self.modalities})
-            self.fusion = _mlp((1 + M) * df, cfg.out_dim, cfg.out_dim, cfg.dropout)
+        flags = M if cfg.fusion_availability else 0
+        if cfg.dhf:
+            self.fusion = _mlp((1 + M) * df + flags, cfg.out_dim, cfg.out_dim, cfg.dropout)
         else:
-            self.fusion = _mlp(M * d, cfg.out_dim, cfg.out_dim, cfg.dropout)
+            self.fusion = _mlp(M * d + flags, cfg.out_dim, cfg.out_dim, cfg.dropout)
         self._pairs, self._decor = self._constraint_plan(M)
+
+    def op_backend(self, op: str) -> str:
+        """The ``backend=`` this layer passes to ``fsrf.ops.<op>``: ``config.backend`` where the op
+        implements it, else ``"auto"`` (so that, like :func:`fsrf.use_backend` but for this layer
+        only, ``FSRFConfig(backend="torch")`` puts every op on its reference and
+        ``backend="cpp"`` moves attention without breaking the losses)."""
+        be = self.config.backend
+        return be if be in ops.IMPLEMENTED[op] else "auto"
 
     # -- the constraint plan of §2: which factor pairs and which factors ---------------------
     @staticmethod
@@ -263,8 +275,10 @@ class FSRFLayer(nn.Module):
             w = k[m].unsqueeze(-1).to(c.dtype)
             z[m] = (c * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
+        # the fusion may see which modalities are there (a zero vector and a missing one differ)
+        flags = [available.to(ref_dtype)] if cfg.fusion_availability else []
         if not cfg.dhf:
-            fused = self.fusion(torch.cat([z[m] for m in names], dim=-1))
+            fused = self.fusion(torch.cat([z[m] for m in names] + [f.to(z[names[0]].dtype) for f in flags], dim=-1))
             zero = fused.new_zeros(())
             return FSRFOutput(fused=fused, homogeneous={}, heterogeneous={}, noise={}, pooled=z,
                               available=available, losses={}, aux_loss=zero, shared_mean=None)
@@ -288,7 +302,7 @@ class FSRFLayer(nn.Module):
             else:
                 s_out[m] = am * s[m]
                 p_out[m] = am * p[m]
-        fused = self.fusion(torch.cat([s_bar] + [p_out[m] for m in names], dim=-1))
+        fused = self.fusion(torch.cat([s_bar] + [p_out[m] for m in names] + [f.to(s_bar.dtype) for f in flags], dim=-1))
 
         losses: dict[str, Tensor] = {}
         aux = fused.new_zeros((), dtype=torch.float32)
@@ -296,6 +310,8 @@ class FSRFLayer(nn.Module):
             losses = self._dhf_losses(z, s, p, n, available)
             aux = (cfg.w_orth * losses["orth"] + cfg.w_dered * losses["dered"]
                    + cfg.w_hom * losses["hom"] + cfg.w_rec * losses["rec"])
+            if "loo" in losses:
+                aux = aux + cfg.w_recov * losses["loo"]
         return FSRFOutput(fused=fused, homogeneous=s_out, heterogeneous=p_out, noise=n, pooled=z,
                           available=available, losses=losses, aux_loss=aux, shared_mean=s_bar)
 
@@ -311,34 +327,54 @@ class FSRFLayer(nn.Module):
                 fmasks.append(available[:, i])
         terms = ops.factor_constraints(factors, self._pairs, self._decor, masks=fmasks,
                                        detach_norm=cfg.detach_norm, orth_eps=cfg.orth_eps,
-                                       decor_eps=cfg.decor_eps, backend=cfg.backend)
+                                       decor_eps=cfg.decor_eps, backend=self.op_backend("factor_constraints"))
         n_pairs = len(self._pairs)
-        orth = terms[:n_pairs].sum()
+        orth = terms[:n_pairs].sum() if cfg.orth_reduction == "sum" else terms[:n_pairs].mean()
         dered = terms[n_pairs:].sum()
 
-        hom = orth.new_zeros(())
-        for i in range(len(names)):
-            for j in range(i + 1, len(names)):
-                hom = hom + self._masked_mmd(s[names[i]], available[:, i], s[names[j]], available[:, j])
+        hom_pairs = [self._masked_mmd(s[names[i]], available[:, i], s[names[j]], available[:, j])
+                     for i in range(len(names)) for j in range(i + 1, len(names))]
+        hom = torch.stack(hom_pairs).sum() if cfg.hom_reduction == "sum" else torch.stack(hom_pairs).mean()
 
         rec = orth.new_zeros(())
         for i, m in enumerate(names):
             recon = self.dec[m](torch.cat([s[m], p[m], n[m]], dim=-1))
-            err = (recon.float() - z[m].float()).pow(2).mean(dim=-1)
+            # a detached target: otherwise the cheapest way to reconstruct z is to shrink z itself
+            target = z[m].detach() if cfg.rec_detach_target else z[m]
+            err = (recon.float() - target.float()).pow(2).mean(dim=-1)
             w = available[:, i].float()
             rec = rec + (err * w).sum() / w.sum().clamp_min(1.0)
-        return {"orth": orth, "dered": dered, "hom": hom, "rec": rec}
+        out = {"orth": orth, "dered": dered, "hom": hom, "rec": rec}
+        if cfg.recovery and cfg.recovery_loss == "view+loo":
+            out["loo"] = self._loo_recovery(s, p, available)
+        return out
+
+    def _loo_recovery(self, s, p, available) -> Tensor:
+        """Leave-one-out recovery: each available ``p_m`` (detached) predicted by ``G_m`` from the
+        mean ``s`` of the other available modalities, so ``G_m`` learns every pattern the batch
+        holds, not only the ones the second view happens to draw."""
+        names = self.modalities
+        a = available.float()
+        S = torch.stack([s[m].float() for m in names], dim=1)  # (B, M, d_f)
+        total = (S * a.unsqueeze(-1)).sum(dim=1)
+        count = a.sum(dim=1)
+        loss = S.new_zeros(())
+        for i, m in enumerate(names):
+            others = count - a[:, i]
+            w = a[:, i] * (others > 0).float()
+            s_rest = (total - S[:, i] * a[:, i:i + 1]) / others.clamp_min(1.0).unsqueeze(-1)
+            err = (self.recover_het[m](s_rest.to(s[m].dtype)).float() - p[m].detach().float()).pow(2).mean(dim=-1)
+            loss = loss + (err * w).sum() / w.sum().clamp_min(1.0)
+        return loss
 
     def _masked_mmd(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Tensor:
         """MMD² between the available rows of x and of y; 0 when either side has < 2 rows."""
         cfg = self.config
-        # Row selection is data dependent (a graph break under torch.compile); the op has no
-        # row weights because MMD's pooled bandwidth must be computed over the selected rows.
-        xs, ys = x[mx].float(), y[my].float()
-        if xs.shape[0] < 2 or ys.shape[0] < 2:
-            return x.new_zeros((), dtype=torch.float32)
-        return ops.mmd(xs, ys, num_kernels=cfg.mmd_num_kernels, kernel_mul=cfg.mmd_kernel_mul,
-                       unbiased=cfg.mmd_unbiased, backend=cfg.backend)
+        # the op's row masks select the rows (pooled bandwidth included) without indexing: no
+        # data-dependent shape, no host sync, one graph under torch.compile
+        d = ops.mmd(x.float(), y.float(), x_mask=mx, y_mask=my, num_kernels=cfg.mmd_num_kernels,
+                    kernel_mul=cfg.mmd_kernel_mul, unbiased=cfg.mmd_unbiased, backend=self.op_backend("mmd"))
+        return d / cfg.mmd_num_kernels if cfg.mmd_normalize else d
 
     # -- §4 DAS between two views -----------------------------------------------------------
     def distill(self, out_a: FSRFOutput, out_b: FSRFOutput) -> dict[str, Tensor]:
@@ -356,16 +392,19 @@ class FSRFLayer(nn.Module):
         cfg = self.config
         fa, fb = out_a.fused.float(), out_b.fused.float()
         T = cfg.kl_temperature
+        kl_be, mmd_be = self.op_backend("kl_divergence"), self.op_backend("mmd")
         if cfg.kl_stop_grad == "both":
-            kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=True, backend=cfg.backend)
+            kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=True, backend=kl_be)
         elif cfg.kl_stop_grad == "none":
-            kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=False, backend=cfg.backend)
+            kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=False, backend=kl_be)
         else:  # "richer": view A only teaches
             kl = ops.kl_divergence(fb, fa.detach(), temperature=T, symmetric=True, detach_target=False,
-                                   backend=cfg.backend)
+                                   backend=kl_be)
         if fa.shape[0] >= 2:
             dist = ops.mmd(fa, fb, num_kernels=cfg.mmd_num_kernels, kernel_mul=cfg.mmd_kernel_mul,
-                           unbiased=cfg.mmd_unbiased, backend=cfg.backend)
+                           unbiased=cfg.mmd_unbiased, backend=mmd_be)
+            if cfg.mmd_normalize:
+                dist = dist / cfg.mmd_num_kernels
         else:
             dist = fa.new_zeros(())
         recov = fa.new_zeros(())

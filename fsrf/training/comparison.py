@@ -37,7 +37,7 @@ import numpy as np
 from fsrf.models import ModelSpec
 from fsrf.runtime.io import atomic_write_text
 
-__all__ = ["default_specs", "compare", "paired_tests", "summarise", "format_comparison", "GROUPS",
+__all__ = ["default_specs", "FIRST_NAME", "compare", "paired_tests", "summarise", "format_comparison", "GROUPS",
            "DEFAULT_SEEDS"]
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
@@ -50,19 +50,26 @@ GROUPS: dict[str, tuple[str, Callable[[str], bool]]] = {
 }
 
 
+#: Display name of FSRF as first reconstructed (:meth:`fsrf.FSRFConfig.first_reconstruction`).
+FIRST_NAME = "FSRF (first reconstruction)"
+
+
 def default_specs(d_model: int = 64, *, fsrf_config=None, mult_d_model: int = 32,
-                  modality_dropout: float = 0.3) -> list[ModelSpec]:
+                  modality_dropout: float = 0.3, first_reconstruction: bool = False) -> list[ModelSpec]:
     """FSRF, its three ablations and the built-in baselines, at width ``d_model``.
 
     ``fsrf_config`` is the FSRFConfig of the full model (default: the method's defaults at
     ``d_model``); the ablations switch off ``dhf``, ``das`` or ``recovery`` of that config.
+    ``first_reconstruction=True`` adds :data:`FIRST_NAME`, that config with the values of
+    :data:`fsrf.config.FIRST_RECONSTRUCTION` (the evidence for docs/FSRF_METHOD.md §7).
     """
-    from fsrf.config import FSRFConfig
+    from fsrf.config import FIRST_RECONSTRUCTION, FSRFConfig
 
     cfg = fsrf_config or FSRFConfig(d_model=d_model, num_heads=4)
     full = cfg.to_dict()
+    first = [ModelSpec(FIRST_NAME, kind="fsrf", kwargs={**full, **FIRST_RECONSTRUCTION})] if first_reconstruction else []
     return [
-        ModelSpec("FSRF", kind="fsrf", kwargs=full),
+        ModelSpec("FSRF", kind="fsrf", kwargs=full), *first,
         ModelSpec("FSRF w/o DHF", kind="fsrf", kwargs={**full, "dhf": False}),
         ModelSpec("FSRF w/o DAS", kind="fsrf", kwargs={**full, "das": False}),
         ModelSpec("FSRF w/o recovery", kind="fsrf", kwargs={**full, "recovery": False}),

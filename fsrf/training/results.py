@@ -184,38 +184,52 @@ def _headline(dataset: str | None) -> list[str]:
 
 
 def format_table(results: Mapping[str, Any], dataset: str | None = None) -> str:
-    """Plain-text table: rows = conditions, columns = headline metrics per model (mean ± std)."""
+    """Plain-text table of the headline metrics (mean ± std over seeds): one block per protocol
+    (intra, inter) and, inside it, one block per model with a row per condition and an ``avg`` row.
+
+    Model and metric names are printed in full: every column is as wide as its longest name or
+    value, and the same across the models of a protocol so that their values line up. A model's
+    name heads its block on a line of its own, so however long it is, the rows of the five
+    headline metrics with std still fit in 100 columns.
+    """
+    def cell(v: float, s: float | None) -> str:
+        return f"{v:.4f}" if s is None or s == 0 or np.isnan(s) else f"{v:.4f} ± {s:.4f}"
+
+    def nanmean(values: list[float]) -> float:  # np.nanmean warns on an all-NaN column
+        finite = [v for v in values if not np.isnan(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
     dataset = dataset or results.get("meta", {}).get("dataset")
-    cols = _headline(dataset)
+    cols = _headline(dataset if isinstance(dataset, str) else None)
     models = list(results["models"])
-    lines = []
-    for kind, title in (("intra", "intra-modal frame dropping (rate)"), ("inter", "inter-modal availability (pattern)")):
-        conds = list(results["models"][models[0]]["mean"].get(kind, {}))
-        if not conds:
+    lines: list[str] = []
+    for kind, title, label in (("intra", "intra-modal frame dropping (rate)", "rate"),
+                               ("inter", "inter-modal availability (pattern)", "pattern")):
+        blocks = []
+        for m in models:
+            mean = results["models"][m].get("mean", {}).get(kind, {})
+            if not mean:
+                continue
+            std = results["models"][m].get("std", {}).get(kind, {})
+            rows = [(str(cond), [cell(float(mets.get(c, float("nan"))), std.get(cond, {}).get(c)) for c in cols])
+                    for cond, mets in mean.items()]
+            rows.append(("avg", [cell(nanmean([float(mets.get(c, float("nan"))) for mets in mean.values()]), None)
+                                 for c in cols]))
+            blocks.append((m, rows))
+        if not blocks:
             continue
-        lines.append(f"{title}")
-        head = f"{'':>6} " + " | ".join(f"{m[:22]:^{11 * len(cols)}}" for m in models)
-        lines.append(head)
-        lines.append(f"{'':>6} " + " | ".join("".join(f"{c[:10]:>11}" for c in cols) for _ in models))
-        avg = {m: {c: [] for c in cols} for m in models}
-        for cond in conds:
-            cells = []
-            for m in models:
-                mean = results["models"][m]["mean"][kind][cond]
-                std = results["models"][m].get("std", {}).get(kind, {}).get(cond, {})
-                cell = ""
-                for c in cols:
-                    v = mean[c]
-                    avg[m][c].append(v)
-                    s = std.get(c, 0.0)
-                    cell += f"{v:>11.4f}" if not s else f"{v:>7.3f}±{s:<3.2f}"[:11].rjust(11)
-                cells.append(cell)
-            lines.append(f"{cond:>6} " + " | ".join(cells))
-        lines.append(f"{'avg':>6} " + " | ".join("".join(f"{np.nanmean(avg[m][c]):>11.4f}" for c in cols)
-                                                   for m in models))
+        # one set of widths for the whole protocol, so the models' blocks line up
+        first = max([len(label)] + [len(cond) for _, rows in blocks for cond, _ in rows])
+        widths = [max([len(c)] + [len(cells[i]) for _, rows in blocks for _, cells in rows])
+                  for i, c in enumerate(cols)]
+        lines.append(title)
+        for m, rows in blocks:
+            lines.append(f"[{models.index(m) + 1}] {m}")
+            lines.append("  " + label.rjust(first) + "".join("  " + c.rjust(w) for c, w in zip(cols, widths)))
+            for cond, cells in rows:
+                lines.append("  " + cond.rjust(first) + "".join("  " + v.rjust(w) for v, w in zip(cells, widths)))
         lines.append("")
-    lines.append("models: " + ", ".join(f"[{i + 1}] {m}" for i, m in enumerate(models)))
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
 
 
 def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metric: str | None = None) -> Path:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsrf.config import FSRFConfig
-from fsrf.models import ModelSpec, build_model
+from fsrf.models import ModelSpec, rebuild_model
 from fsrf.runtime.io import atomic_write_text, ensure_dir, remove_stale_temps
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.training.lock import FolderLock, lock_folder
@@ -27,6 +27,9 @@ from fsrf.training.lock import FolderLock, lock_folder
 __all__ = ["TrainSettings", "fit", "load_model", "load_weights", "set_deterministic", "SELECTIONS"]
 
 SELECTIONS = ("valid", "lnln-test@0.5")
+
+#: The progress bar's loss is read back from the device (a host sync) once per this many batches.
+BAR_EVERY = 20
 
 
 @dataclass
@@ -39,6 +42,15 @@ class TrainSettings:
     comparable with LNLN's tables but optimistic; it is recorded in every output.
     ``train_missing``: ``"lnln"`` (per-sample U(0,1) rates, half the samples complete, redrawn each
     epoch) or ``"none"``.
+    ``compile``: run the training step (the model's objective, forward and backward) through
+    ``torch.compile``; the compilation time is logged once, after the first epoch, and returned as
+    ``compile_seconds``. A compiled FSRF step is one graph without host syncs. Its second view is
+    drawn from torch's default generator of the device (a ``torch.Generator`` cannot enter a
+    compiled graph), so runs are reproducible per seed but differ from eager ones. The NaN/Inf
+    check of the inputs, which the compiled graph leaves out, runs on each batch before the step
+    (one host sync; off with ``fsrf.set_check_finite(False)`` or ``FSRF_CHECK_FINITE=0``).
+    ``progress``: a progress bar per epoch; its loss is read from the device every
+    :data:`BAR_EVERY` batches (the values of an epoch are summed on the device and read once).
     """
 
     epochs: int = 30
@@ -55,6 +67,7 @@ class TrainSettings:
     device: str = "cpu"
     deterministic: bool = True
     progress: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -71,6 +84,8 @@ class TrainSettings:
             raise ValueError(f"selection must be one of {SELECTIONS}; got {self.selection!r}")
         if self.train_missing not in ("lnln", "none"):
             raise ValueError(f"train_missing must be 'lnln' or 'none'; got {self.train_missing!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be a bool; got {type(self.compile).__name__} {self.compile!r}")
         self.select_rates = tuple(float(r) for r in self.select_rates)
         if not self.select_rates or any(not 0.0 <= r <= 1.0 for r in self.select_rates):
             raise ValueError(f"select_rates must be rates in [0, 1]; got {self.select_rates!r}")
@@ -308,7 +323,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     start_epoch, best_score, best_epoch, bad = 0, math.inf, -1, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     data_path = str(getattr(data, "path", ""))
-    rebuild_best, resumed_rng = False, None
+    rebuild_best, rebuild_reason, resumed_rng = False, "", None
     if resume and last_path.exists():
         ck = _load_for_resume(last_path, f"delete {last_path} to train {out} from scratch, "
                                          f"or use another output folder")
@@ -330,7 +345,12 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             # epoch that is about to be trained again: it is rewritten when that epoch improves again
             in_flight = (bk.get("epoch") == last_epoch + 1
                          and float(bk.get("best_score", math.inf)) < float(ck["best_score"]))
-            if in_flight:
+            if in_flight and last_epoch + 1 >= settings.epochs:
+                # that epoch lies beyond this run, and its best.pt has replaced the earlier best
+                rebuild_reason = (f"{best_path} is from epoch {last_epoch + 2}, beyond the {settings.epochs} "
+                                  f"epochs of this run, and replaced the earlier best")
+                rebuild_best = True
+            elif in_flight:
                 say(f"{best_path} is from epoch {last_epoch + 2}, which was interrupted before {last_path} was saved; "
                     f"that epoch is trained again")
             if (bk.get("seed") != seed or not _same_model(bk, ident)
@@ -343,6 +363,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         elif ck_best >= 0:
             # best.pt is written before last.pt within an epoch, so it is missing only when removed
             rebuild_best = True
+            rebuild_reason = f"{best_path} was missing"
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
@@ -369,12 +390,17 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": best_epoch,
                              "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
                              "history": history, "torch_rng": resumed_rng}, last_path)
-        say(f"{best_path} was missing: model selection restarts from {last_path} (epoch {start_epoch}, "
+        say(f"{rebuild_reason}: model selection restarts from {last_path} (epoch {start_epoch}, "
             f"select MAE {best_score:.4f})")
 
     net: nn.Module = _LossModule(model)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    step_fn = net
+    if settings.compile:
+        # static shapes: a run has two batch sizes at most (full and trailing), each compiled once
+        step_fn = torch.compile(net, dynamic=False)
+    compile_s, compiled_shapes, compile_logged = 0.0, set(), False
 
     sampler = None
     if settings.train_missing == "lnln":
@@ -393,34 +419,53 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         split = sampler.epoch(epoch) if sampler is not None else train
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
         order = order[rank::world]
-        view_gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+        # on the training device, so that drawing the second view copies nothing to it
+        view_gen = None if settings.compile else torch.Generator(device=device).manual_seed(seed * 7919 + epoch)
         model.train()
         batches = range(0, len(order), settings.batch_size)
         bar = None
         if tqdm is not None and settings.progress and is_main:
             bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, unit="batch")
-        sums: dict[str, float] = {}
+        # summed on the device and read once per epoch: no host sync per batch
+        sums: dict[str, torch.Tensor] = {}
         n_batches = 0
         for start in batches:
             idx = order[start:start + settings.batch_size]
             if len(idx) < 2:
                 continue  # batch statistics (MMD, decorrelation) need two samples
             inputs, masks, labels = _to_device(split.batch(idx), device)
-            loss, parts = net(inputs, masks, labels, view_gen)
+            timed = settings.compile and len(idx) not in compiled_shapes
+            if settings.compile:
+                _check_batch_finite(inputs, labels)
+                if timed:
+                    _sync(device)
+                    t_c = time.perf_counter()
+            loss, parts = step_fn(inputs, masks, labels, view_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
+            if timed:
+                _sync(device)
+                compile_s += time.perf_counter() - t_c
+                compiled_shapes.add(len(idx))
             n_batches += 1
-            vals = {k: float(v) for k, v in parts.items()}
-            for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for k, v in parts.items():
+                v = v.detach().float()
+                sums[k] = v if k not in sums else sums[k] + v
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{vals['total']:.3f}", task=f"{vals.get('task_a', vals['total']):.3f}")
+                if n_batches % BAR_EVERY == 1 or n_batches == len(batches):
+                    bar.set_postfix(loss=f"{float(parts['total']):.3f}",
+                                    task=f"{float(parts.get('task_a', parts['total'])):.3f}")
         if bar is not None:
             bar.close()
+        sums = _read_sums(sums)
+        if settings.compile and not compile_logged and compiled_shapes:
+            compile_logged = True
+            say(f"torch.compile: {compile_s:.1f} s in the first step of each batch size "
+                f"({', '.join(str(b) for b in sorted(compiled_shapes))}), compilation included")
         if not math.isfinite(sums.get("total", 0.0)):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
                                      f"lower --lr or check the data")
@@ -463,8 +508,39 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
                 raise ValueError(f"training in {out} ended with best epoch {best_epoch + 1}, but {best_path} holds "
                                  f"epoch {_epoch1(ck_end.get('epoch'))} (a resumed epoch did not repeat exactly); "
                                  f"delete {best_path} and rerun with --resume to select again from {last_path}")
-    return {"best_epoch": best_epoch, "best_score": best_score, "epochs_run": len(history),
-            "stopped_early": stopped_early, "history": history, "checkpoint": str(best_path)}
+    result = {"best_epoch": best_epoch, "best_score": best_score, "epochs_run": len(history),
+              "stopped_early": stopped_early, "history": history, "checkpoint": str(best_path)}
+    if settings.compile:
+        result["compile_seconds"] = compile_s
+    return result
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _read_sums(sums: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The epoch's summed loss parts as floats: one read from the device for all of them."""
+    if not sums:
+        return {}
+    values = torch.stack([v.reshape(()) for v in sums.values()]).tolist()
+    return dict(zip(sums, values))
+
+
+def _check_batch_finite(inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+    """The NaN/Inf check that a compiled step leaves out, once per batch before it (one host
+    sync for the whole batch; switched with :func:`fsrf.set_check_finite`)."""
+    from fsrf.runtime.backend import check_finite_enabled
+
+    if not check_finite_enabled():
+        return
+    flags = torch.stack([torch.isfinite(x).all() for x in (*inputs.values(), labels)])
+    if not bool(flags.all()):
+        names = [*inputs, "labels"]
+        bad = [n for n, ok in zip(names, flags.tolist()) if not ok]
+        raise ValueError(f"the batch holds NaN or Inf in {bad}; clean the features first "
+                         f"(MMSA audio uses -inf padding: set it to 0)")
 
 
 def _epoch1(epoch) -> str:
@@ -484,7 +560,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module,
         raise ValueError(f"checkpoint {path} holds {ck.get('model_name')!r}, a model built by user code; "
                          f"rebuild it with fsrf.training.load_weights(spec, dims, path)")
     try:
-        model = build_model(kind, ck["modality_dims"], **dict(ck["model_config"])).to(device)
+        model = rebuild_model(kind, ck["modality_dims"], ck["model_config"]).to(device)
         model.load_state_dict(ck["model"])
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"checkpoint {path} does not match a {kind!r} model: {str(exc).splitlines()[0]}") from None

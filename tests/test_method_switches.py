@@ -1,0 +1,174 @@
+"""The switches of docs/FSRF_METHOD.md §7: their definitions, their validation, and old checkpoints.
+
+Each new default is checked against an independent statement of what it does (a float64
+formula, or the relation between the two settings of the switch); the plateau they remove is
+tested in test_plateau.py.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+import fsrf.missing
+from fsrf import FSRFConfig, FSRFLayer, FSRFModel
+from fsrf.config import FIRST_RECONSTRUCTION
+from fsrf.models import rebuild_model
+
+DIMS = {"text": 6, "audio": 5, "vision": 4}
+SMALL = dict(d_model=8, num_heads=2, dropout=0.0)
+
+
+def _batch(B=12, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn(B, 3 + i, D, generator=g, dtype=dtype) for i, (m, D) in enumerate(DIMS.items())}
+    masks = {m: torch.ones(B, 3 + i, dtype=torch.bool) for i, m in enumerate(DIMS)}
+    # every pattern of availability, twice over: a modality is missing where its mask is all False
+    for b, pat in enumerate(itertools.islice(itertools.cycle([(1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1),
+                                                               (1, 1, 0), (1, 0, 1)]), B)):
+        for m, on in zip(DIMS, pat):
+            masks[m][b] = bool(on)
+    labels = torch.linspace(-2, 2, B, dtype=dtype)
+    return inputs, masks, labels
+
+
+# -- configuration --------------------------------------------------------------------------
+def test_first_reconstruction_restores_the_first_values_and_nothing_else():
+    old = FSRFConfig.first_reconstruction(d_model=16)
+    for k, v in FIRST_RECONSTRUCTION.items():
+        assert getattr(old, k) == v, k
+    assert old.d_model == 16 and old.w_hom == FSRFConfig().w_hom
+    assert all(getattr(FSRFConfig(), k) != v for k, v in FIRST_RECONSTRUCTION.items())
+
+
+def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
+    saved = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k not in FIRST_RECONSTRUCTION}
+    cfg = FSRFConfig.from_saved({**saved, "modality_dropout": 0.1})
+    assert cfg.modality_dropout == 0.1  # what the file says wins
+    assert cfg.aux_warmup_steps == 0 and cfg.recovery_loss == "view" and not cfg.fusion_availability
+    assert FSRFConfig.from_saved(FSRFConfig().to_dict()) == FSRFConfig()
+
+
+@pytest.mark.parametrize("field, value, exc", [
+    ("orth_reduction", "max", ValueError), ("hom_reduction", 1, ValueError),
+    ("recovery_loss", "loo", ValueError), ("aux_warmup_steps", -1, ValueError),
+    ("aux_warmup_steps", 2.5, TypeError), ("modality_dropout", 1.5, ValueError),
+    ("rec_detach_target", 1, TypeError), ("mmd_normalize", "yes", TypeError),
+    ("fusion_availability", None, TypeError)])
+def test_bad_switch_values_are_refused_by_name(field, value, exc):
+    with pytest.raises(exc, match=field):
+        FSRFConfig(**{field: value})
+
+
+def test_an_old_checkpoint_loads_and_behaves_as_trained():
+    torch.manual_seed(0)
+    old = FSRFModel(DIMS, FSRFConfig.first_reconstruction(**SMALL)).eval()
+    state = {k: v for k, v in old.state_dict().items() if k != "steps"}  # written before the counter
+    saved = {k: v for k, v in old.config.to_dict().items() if k not in FIRST_RECONSTRUCTION}
+    model = rebuild_model("fsrf", DIMS, saved)
+    model.load_state_dict(state)
+    inputs, masks, _ = _batch()
+    torch.testing.assert_close(model.eval()(inputs, masks), old(inputs, masks), rtol=0, atol=0)
+    assert int(model.steps) == 0
+
+
+# -- warm-up ----------------------------------------------------------------------------------
+def test_the_warm_up_counts_training_steps_only():
+    model = FSRFModel(DIMS, FSRFConfig(**SMALL, aux_warmup_steps=4))
+    inputs, masks, labels = _batch()
+    scales = [float(model.training_loss(inputs, masks, labels)[1]["aux_scale"]) for _ in range(6)]
+    assert scales == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    model.eval()
+    model.training_loss(inputs, masks, labels)
+    assert int(model.steps) == 6
+    off = FSRFModel(DIMS, FSRFConfig(**SMALL, aux_warmup_steps=0))
+    assert float(off.training_loss(inputs, masks, labels)[1]["aux_scale"]) == 1.0
+
+
+# -- reductions and normalisation --------------------------------------------------------------
+def test_mean_reductions_and_mmd_normalisation_rescale_the_sums():
+    torch.manual_seed(1)
+    a = FSRFLayer(DIMS, config=FSRFConfig(**SMALL))
+    b = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, orth_reduction="sum", hom_reduction="sum", mmd_normalize=False))
+    b.load_state_dict(a.state_dict())
+    inputs, masks, _ = _batch()
+    la, lb = a(inputs, masks).losses, b(inputs, masks).losses
+    n_orth_pairs = 3 * 3 + 3   # s-p, s-n, p-n per modality, then p-p across the 3 modalities
+    n_hom_pairs = 3
+    torch.testing.assert_close(la["orth"] * n_orth_pairs, lb["orth"])
+    torch.testing.assert_close(la["hom"] * n_hom_pairs * a.config.mmd_num_kernels, lb["hom"])
+    torch.testing.assert_close(la["dered"], lb["dered"])
+
+
+# -- reconstruction target ------------------------------------------------------------------------
+@pytest.mark.parametrize("detach", [True, False])
+def test_a_detached_reconstruction_target_sends_no_gradient_into_the_encoder(detach):
+    # with the decoders zeroed the reconstruction is 0 and L_rec = mean ||z||²: only the target
+    # path can reach the input projection
+    torch.manual_seed(2)
+    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, rec_detach_target=detach))
+    for p in layer.dec.parameters():
+        torch.nn.init.zeros_(p)
+    inputs, masks, _ = _batch()
+    out = layer(inputs, masks)
+    z = {m: out.pooled[m].detach().double() for m in DIMS}
+    a = out.available
+    expect = sum(((z[m] ** 2).mean(-1) * a[:, i]).sum() / a[:, i].sum() for i, m in enumerate(DIMS))
+    torch.testing.assert_close(out.losses["rec"].double(), expect, rtol=1e-5, atol=1e-7)
+    out.losses["rec"].backward()
+    g = layer.proj["text"].proj.weight.grad
+    assert (g is None or not g.any()) if detach else g.abs().sum() > 0
+
+
+# -- leave-one-out recovery ----------------------------------------------------------------------
+def test_leave_one_out_recovery_against_a_float64_formula():
+    torch.manual_seed(3)
+    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL)).double()
+    inputs, masks, _ = _batch(dtype=torch.float64)
+    out = layer(inputs, masks)
+    names = list(DIMS)
+    a = out.available
+    total = out.aux_loss.new_zeros(())
+    for i, m in enumerate(names):
+        err, cnt = 0.0, 0
+        for b in range(a.shape[0]):
+            rest = [n for j, n in enumerate(names) if j != i and a[b, j]]
+            if not a[b, i] or not rest:
+                continue
+            s_rest = torch.stack([out.homogeneous[n][b] for n in rest]).mean(0)
+            pred = layer.recover_het[m](s_rest[None])[0]
+            err = err + ((pred - out.heterogeneous[m][b]) ** 2).mean()
+            cnt += 1
+        total = total + err / max(cnt, 1)
+    # the losses accumulate in fp32 whatever the model dtype
+    torch.testing.assert_close(out.losses["loo"].double(), total, rtol=1e-5, atol=1e-7)
+    view = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, recovery_loss="view")).double()
+    assert "loo" not in view(inputs, masks).losses
+
+
+# -- modality dropout and availability flags ---------------------------------------------------------
+def test_modality_dropout_removes_whole_modalities_from_view_a_in_training_only(monkeypatch):
+    calls = []
+    real = fsrf.missing.corrupt
+    monkeypatch.setattr(fsrf.missing, "corrupt", lambda *a, **k: calls.append(k) or real(*a, **k))
+    model = FSRFModel(DIMS, FSRFConfig(**SMALL, das=False, modality_dropout=1.0))
+    seen = []
+    predict = model.predict
+    monkeypatch.setattr(model, "predict", lambda i, m: seen.append(m) or predict(i, m))
+    inputs = {k: v for k, v in _batch()[0].items()}
+    masks = {k: torch.ones(v.shape[:2], dtype=torch.bool) for k, v in inputs.items()}
+    model.training_loss(inputs, masks, _batch()[2], generator=torch.Generator().manual_seed(0))
+    assert calls == [{"rate": 0.0, "inter_prob": 1.0, "generator": calls[0]["generator"]}]
+    gone = torch.stack([~seen[0][m].any(1) for m in DIMS], 1)
+    assert gone.any(1).all() and not gone.all(1).any()  # every sample lost one or two, never all
+    model.eval()
+    model.training_loss(inputs, masks, _batch()[2])
+    assert len(calls) == 1
+
+
+def test_the_availability_flags_enter_the_fusion():
+    M, df = len(DIMS), SMALL["d_model"]
+    for dhf, width in ((True, (1 + M) * df), (False, M * df)):
+        on = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf))
+        off = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf, fusion_availability=False))
+        assert on.fusion[0].in_features == width + M and off.fusion[0].in_features == width

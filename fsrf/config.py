@@ -72,6 +72,11 @@ class FSRFConfig:
         ``view_rate`` (extra frame-drop rate; ``None`` draws one rate per sample from U(0, 1)),
         ``view_inter_prob`` (probability that a sample loses one or two whole modalities).
     Execution
+        ``global_batch``: under ``torch.distributed`` (``torchrun``), compute the batch
+        statistics — every MMD with its bandwidth, the KL batch mean, the centring and
+        standardisation of the DHF constraints — over the rows of all processes, so that N
+        processes on B/N rows each optimise what one process on B rows does (``None``, the
+        default: on whenever there is more than one process; ``False``: per process, as before).
         ``backend``: ``"auto"`` (default), ``"torch"``, ``"cpp"``, ``"cuda"`` or ``"triton"``: the
         backend of every op the layer and model run (attention and every loss) where that op
         implements it; the others keep their automatic choice (see
@@ -121,6 +126,7 @@ class FSRFConfig:
     fusion_availability: bool = True
     recovery_loss: str = "view+loo"
 
+    global_batch: bool | None = None
     backend: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -182,6 +188,8 @@ class FSRFConfig:
         if self.recovery_loss not in RECOVERY_LOSSES:
             raise ValueError(f"FSRFConfig.recovery_loss must be one of {RECOVERY_LOSSES}; got {self.recovery_loss!r}")
         _int("aux_warmup_steps", 0)
+        if self.global_batch is not None and not isinstance(self.global_batch, bool):
+            raise TypeError(f"FSRFConfig.global_batch must be True, False or None; got {self.global_batch!r}")
         _num("modality_dropout", 0.0, 1.0)
         from fsrf.runtime.backend import BACKENDS  # here: the rest of this module needs no torch
 

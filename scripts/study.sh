@@ -9,7 +9,7 @@ OUT=${1:-study}
 MODELS=fsrf,fsrf-first,fsrf-no-dhf,fsrf-no-das,fsrf-no-recovery,late-fusion,late-fusion-md,mult
 mkdir -p "$OUT"
 for gen in ${GENERATORS:-factor events}; do
-  [ -f "$OUT/$gen.pkl" ] || fsrf data make-synthetic --preset mosei --generator "$gen" --n-train 800 \
+  [ -f "$OUT/$gen.pkl" ] || fsrf make-synthetic --preset mosei --generator "$gen" --n-train 800 \
     --n-valid 200 --n-test 400 --seed 0 --out "$OUT/$gen.pkl"
   fsrf compare --data "$OUT/$gen.pkl" --models "$MODELS" --seeds 1111 1112 1113 1114 1115 \
     --epochs 12 --patience 4 --no-progress --out "$OUT/$gen"

@@ -36,9 +36,21 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="override the learning rate")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_options(p)
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log every epoch to TensorBoard in <run>/tensorboard (pip install tensorboard)")
     p.add_argument("--compile", action="store_true",
                    help="run the training step through torch.compile (the compilation time is printed once)")
+
+
+def add_progress_options(p: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--no-progress``; neither: bars only when stderr is a terminal, so a log
+    file gets the one-line-per-epoch summaries and no bar redraws."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                   help="progress bars even when the output is not a terminal")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   help="no progress bars (default: bars only on a terminal)")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -79,8 +91,10 @@ def train_settings(args: argparse.Namespace, base: dict | None = None):
         v = getattr(args, name, None)
         if v is not None:
             kw[name] = v
-    if getattr(args, "no_progress", False):
-        kw["progress"] = False
+    if getattr(args, "progress", None) is not None:
+        kw["progress"] = args.progress
     if getattr(args, "compile", False):
         kw["compile"] = True
+    if getattr(args, "tensorboard", False):
+        kw["tensorboard"] = True
     return TrainSettings(**kw)

@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = train_settings(args, {"epochs": 20})
     with locked_output(args.out):
         compare(data, specs, args.out, seeds=args.seeds, dataset=kind, settings=settings, rates=rates,
-                patterns=patterns, mask_seed=args.mask_seed, progress=not args.no_progress)
+                patterns=patterns, mask_seed=args.mask_seed, progress=args.progress)
     print(f"wrote {args.out}/comparison.md, results.json, results.csv, robustness.png")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fsrf.cli._options import add_progress_options
+
 __all__ = ["add_parser"]
 
 
@@ -13,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # the demo's folder holds every run and the results: one demo at a time in it
     with locked_output(args.out):
-        run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress,
+        run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, progress=args.progress,
                  generator=args.generator)
     return 0
 
@@ -35,5 +37,5 @@ def add_parser(sub) -> None:
     p.add_argument("--generator", choices=["factor", "events"], default="factor",
                    help="synthetic data generator (default factor)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_options(p)
     p.set_defaults(func=_run)

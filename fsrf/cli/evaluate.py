@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fsrf.cli._options import add_progress_options
+
 __all__ = ["add_parser"]
 
 
@@ -19,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     patterns = parse_patterns(args.patterns)
     entry = evaluate_checkpoints(args.checkpoint, args.data, rates=rates, patterns=patterns, seed=args.mask_seed,
                                  device=args.device, dataset=args.dataset, split=args.split,
-                                 progress=not args.no_progress, strict=args.strict)
+                                 progress=args.progress, strict=args.strict)
     kinds = {m["dataset"] for m in entry["meta"].values()}
     results = {"models": {args.name: entry},
                "meta": {"dataset": kinds.pop() if len(kinds) == 1 else sorted(kinds), "split": args.split,
@@ -50,5 +52,5 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default="FSRF", help="model name in tables and plots")
     p.add_argument("--out", help="output directory for results.json / results.csv / robustness.png (written as one "
                                  "unit: all three come from this run)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_options(p)
     p.set_defaults(func=_run)

@@ -17,6 +17,7 @@ from fsrf.config import FSRFConfig
 from fsrf.nn.attention import MaskedCrossModalAttention
 from fsrf.runtime.backend import check_finite_enabled
 from fsrf.runtime.checks import is_tracing
+from fsrf.runtime.distributed import gather_rows, global_batch_active
 
 __all__ = ["FSRFLayer", "FSRFOutput"]
 
@@ -325,6 +326,13 @@ class FSRFLayer(nn.Module):
                 # losses accumulate in fp32 whatever the autocast dtype of the encoders
                 factors.append(f.float())
                 fmasks.append(available[:, i])
+        avail_all = available
+        if global_batch_active(cfg.global_batch):
+            # batch statistics over every process's rows (the per-sample terms below stay local:
+            # DDP's gradient average already makes them global means)
+            factors = [gather_rows(f) for f in factors]
+            avail_all = gather_rows(available)
+            fmasks = [avail_all[:, i] for i in range(len(names)) for _ in range(3)]
         terms = ops.factor_constraints(factors, self._pairs, self._decor, masks=fmasks,
                                        detach_norm=cfg.detach_norm, orth_eps=cfg.orth_eps,
                                        decor_eps=cfg.decor_eps, backend=self.op_backend("factor_constraints"))
@@ -332,7 +340,8 @@ class FSRFLayer(nn.Module):
         orth = terms[:n_pairs].sum() if cfg.orth_reduction == "sum" else terms[:n_pairs].mean()
         dered = terms[n_pairs:].sum()
 
-        hom_pairs = [self._masked_mmd(s[names[i]], available[:, i], s[names[j]], available[:, j])
+        s_all = [factors[3 * i] for i in range(len(names))]
+        hom_pairs = [self._masked_mmd(s_all[i], avail_all[:, i], s_all[j], avail_all[:, j])
                      for i in range(len(names)) for j in range(i + 1, len(names))]
         hom = torch.stack(hom_pairs).sum() if cfg.hom_reduction == "sum" else torch.stack(hom_pairs).mean()
 
@@ -391,6 +400,8 @@ class FSRFLayer(nn.Module):
                              f"{tuple(out_a.fused.shape)} vs {tuple(out_b.fused.shape)}")
         cfg = self.config
         fa, fb = out_a.fused.float(), out_b.fused.float()
+        if global_batch_active(cfg.global_batch):
+            fa, fb = gather_rows(fa), gather_rows(fb)  # KL batch mean and MMD over every process's rows
         T = cfg.kl_temperature
         kl_be, mmd_be = self.op_backend("kl_divergence"), self.op_backend("mmd")
         if cfg.kl_stop_grad == "both":

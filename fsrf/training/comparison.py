@@ -113,7 +113,7 @@ def _check_seeds(seeds) -> list[int]:
 def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] = DEFAULT_SEEDS,
             dataset: str | None = None, settings=None, rates: Iterable[float] | None = None,
             patterns: Iterable[str] | None = None, mask_seed: int = 1111, reference: str | None = None,
-            split: str = "test", device: str | None = None, progress: bool = True,
+            split: str = "test", device: str | None = None, progress: bool | None = None,
             log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train every model of ``specs`` with every seed on ``data`` and evaluate them alike.
 
@@ -131,6 +131,9 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
         reference: the model the paired tests compare with the others (default: the first spec).
         split: the split evaluated (``test``).
         device: overrides ``settings.device``.
+        progress: evaluation progress bars (``None``: only on a terminal); ``False`` also
+            silences the per-epoch lines of training.
+        log: where the progress lines go (``None``: nowhere).
 
     Returns the results dict also written to ``results.json``: ``models`` ({name: {"per_seed",
     "mean", "std"}}), ``summary`` (per model and group, per seed), ``tests`` (paired tests of the
@@ -179,7 +182,7 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
         run_settings = dataclasses.replace(settings, **dict(spec.train)) if spec.train else settings
         say(f"[{k}/{len(jobs)}] training {spec.name}, seed {seed} -> {run_dir}")
         res = fit(data, run_dir, model=spec, settings=run_settings, seed=seed, dataset=kind, resume=True,
-                  log=None if not progress else say)
+                  log=None if progress is False else say)
         model = load_weights(spec, data.dims, run_dir / "best.pt", device=run_settings.device)
         ev = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=mask_seed,
                          device=run_settings.device, progress=progress)

@@ -23,7 +23,7 @@ DEMO_QUICK = {"n": (400, 120, 300), "epochs": 8, "d_model": 32, "patience": 4, "
 
 
 def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int | None = None, device: str = "cpu",
-             progress: bool = True, spec: dict | None = None, generator: str = "factor") -> dict:
+             progress: bool | None = None, spec: dict | None = None, generator: str = "factor") -> dict:
     """Train and compare the built-in models on synthetic MOSEI-like data; returns the results.
 
     Args:
@@ -35,6 +35,8 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int | Non
             ``patience``, ``seeds``, ``models`` (display names of
             :func:`fsrf.training.default_specs`; None = all).
         generator: the synthetic generator (:data:`fsrf.data.SYNTHETIC_GENERATORS`).
+        device: where to train.
+        progress: progress bars (``None``: only when stderr is a terminal).
     """
     from fsrf.data import cached_synthetic, load_mmsa
     from fsrf.training.comparison import compare, default_specs

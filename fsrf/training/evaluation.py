@@ -9,6 +9,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fsrf.runtime.progress import show_bars
+
 __all__ = ["DEFAULT_RATES", "parse_rates", "parse_patterns", "robust_eval", "aggregate_seeds",
            "evaluate_checkpoints"]
 
@@ -79,7 +81,7 @@ def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_
     jobs += [("inter", p, dict(rate=0.0, pattern=p)) for p in patterns]
     res: dict[str, Any] = {"intra": {}, "inter": {}}
     it = jobs
-    if progress:
+    if show_bars(progress):
         from tqdm.auto import tqdm
         it = tqdm(jobs, desc="evaluate", unit="cond", leave=False)
     for kind, key, kw in it:
@@ -109,7 +111,7 @@ def aggregate_seeds(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]
 
 def evaluate_checkpoints(checkpoint: str, data_path: str, *, rates, patterns, seed: int = 1111,
                          device: str = "cpu", dataset: str | None = None, split: str = "test",
-                         progress: bool = True, strict: bool = False) -> dict:
+                         progress: bool | None = None, strict: bool = False) -> dict:
     """Evaluate one checkpoint file or a (multi-seed) run directory; returns the model's results
     entry ``{"per_seed": ..., "mean": ..., "std": ..., "meta": ...}``.
 

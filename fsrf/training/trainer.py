@@ -20,6 +20,8 @@ from torch import nn
 
 from fsrf.config import FSRFConfig
 from fsrf.models import ModelSpec, rebuild_model
+from fsrf.runtime.progress import show_bars
+from fsrf.training.curves import CURVES_NAME, METRICS_NAME, TensorBoardLog, plot_training_curves, write_metrics_csv
 from fsrf.runtime.io import atomic_write_text, ensure_dir, remove_stale_temps
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.training.lock import FolderLock, lock_folder
@@ -49,7 +51,10 @@ class TrainSettings:
     compiled graph), so runs are reproducible per seed but differ from eager ones. The NaN/Inf
     check of the inputs, which the compiled graph leaves out, runs on each batch before the step
     (one host sync; off with ``fsrf.set_check_finite(False)`` or ``FSRF_CHECK_FINITE=0``).
-    ``progress``: a progress bar per epoch; its loss is read from the device every
+    ``tensorboard``: also write each epoch's metrics as TensorBoard scalars to
+    ``<run>/tensorboard`` (needs the ``tensorboard`` package; ``metrics.csv`` is written always).
+    ``progress``: a progress bar per epoch (``None``, the default: only when stderr is a
+    terminal, :func:`fsrf.runtime.progress.show_bars`); its loss is read from the device every
     :data:`BAR_EVERY` batches (the values of an epoch are summed on the device and read once).
     """
 
@@ -66,8 +71,9 @@ class TrainSettings:
     eval_batch_size: int = 256
     device: str = "cpu"
     deterministic: bool = True
-    progress: bool = True
+    progress: bool | None = None
     compile: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -84,6 +90,10 @@ class TrainSettings:
             raise ValueError(f"selection must be one of {SELECTIONS}; got {self.selection!r}")
         if self.train_missing not in ("lnln", "none"):
             raise ValueError(f"train_missing must be 'lnln' or 'none'; got {self.train_missing!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True, False or None (bars only on a terminal); got {self.progress!r}")
+        if not isinstance(self.tensorboard, bool):
+            raise TypeError(f"tensorboard must be a bool; got {type(self.tensorboard).__name__} {self.tensorboard!r}")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be a bool; got {type(self.compile).__name__} {self.compile!r}")
         self.select_rates = tuple(float(r) for r in self.select_rates)
@@ -262,7 +272,9 @@ def fit(data, out_dir: str | os.PathLike, *, config: FSRFConfig | None = None, s
     Writes to ``out_dir``: ``last.pt`` (every epoch, atomically: model, optimizer, RNG state,
     history — what ``resume=True`` continues from, losing at most the epoch in progress),
     ``best.pt`` (the selected model with its config), ``config.json`` (model config, training
-    settings, seed, dataset, selection policy) and ``history.json``.
+    settings, seed, dataset, selection policy), ``history.json`` and ``metrics.csv`` (every epoch:
+    each loss part, the selection MAE, learning rate and time; :mod:`fsrf.training.curves`), and
+    ``training_curves.png`` when the run ends.
 
     Returns a summary dict: ``best_epoch``, ``best_score``, ``epochs_run``, ``stopped_early``,
     ``history``, ``checkpoint`` (path of best.pt).
@@ -397,6 +409,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     step_fn = net
+    tb = TensorBoardLog(out / "tensorboard") if settings.tensorboard and is_main else None
     if settings.compile:
         # static shapes: a run has two batch sizes at most (full and trailing), each compiled once
         step_fn = torch.compile(net, dynamic=False)
@@ -424,7 +437,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         model.train()
         batches = range(0, len(order), settings.batch_size)
         bar = None
-        if tqdm is not None and settings.progress and is_main:
+        if tqdm is not None and show_bars(settings.progress) and is_main:
             bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, unit="batch")
         # summed on the device and read once per epoch: no host sync per batch
         sums: dict[str, torch.Tensor] = {}
@@ -474,7 +487,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             raise FloatingPointError(f"the selection MAE is {score} at epoch {epoch + 1}: the model predicts "
                                      f"non-finite values; lower --lr or check the data")
         row = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, "select_mae": score,
-               "seconds": time.perf_counter() - t0}
+               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
         history.append(row)
         improved = score < best_score - 1e-6
         if improved:
@@ -489,6 +502,9 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
                              "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
                              "history": history, "torch_rng": torch.get_rng_state()}, last_path)
             atomic_write_text(out / "history.json", json.dumps(history, indent=2))
+            write_metrics_csv(history, out / METRICS_NAME)
+            if tb is not None:
+                tb.log_epoch(row)
         say(f"epoch {epoch + 1}/{settings.epochs}: loss {row.get('total', float('nan')):.4f}  "
             f"task {row.get('task_a', float('nan')):.4f}  select MAE {score:.4f}"
             f"{'  *best*' if improved else ''}  ({row['seconds']:.1f}s)")
@@ -498,6 +514,11 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             stopped_early = True
             say(f"early stop: no improvement for {settings.patience} epochs (best epoch {best_epoch + 1})")
             break
+    if tb is not None:
+        tb.close()
+    if is_main and history:
+        plot_training_curves(history, out / CURVES_NAME, best_epoch=best_epoch,
+                             title=f"{ident.get('model_name') or 'model'}, seed {seed}")
     if is_main:
         for path in (best_path, last_path):
             try:

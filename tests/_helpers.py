@@ -234,3 +234,17 @@ def compile_for_sm90(script, timeout=300):
         pytest.skip("triton's bundled ptxas is missing: cannot compile offline")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "compiled ok" in out.stdout
+
+
+# -- tiny MMSA files for the training tests ----------------------------------------------------------
+TINY_DIMS = {"text": 16, "audio": 6, "vision": 5}
+TINY_LENS = {"text": 6, "audio": 6, "vision": 6}
+
+
+def write_tiny_mmsa(path, *, n=(40, 16, 16), seed=3, dims=None, lens=None):
+    """A MOSEI-layout synthetic file small enough to train on in seconds; returns ``path``."""
+    from fsrf.data import make_synthetic
+
+    make_synthetic("mosei", path, n_train=n[0], n_valid=n[1], n_test=n[2], seed=seed, dims=dims or TINY_DIMS,
+                   seq_lens=lens or TINY_LENS)
+    return path

@@ -8,25 +8,23 @@ import sys
 import pytest
 
 from fsrf import cli
-from fsrf.data import load_mmsa, make_synthetic
+from _helpers import write_tiny_mmsa
+from fsrf.data import load_mmsa
 from fsrf.runtime.progress import show_bars
 from fsrf.training import TrainSettings, fit
 from fsrf.training.curves import CURVES_NAME, METRICS_NAME
 
-DIMS = {"text": 8, "audio": 5, "vision": 4}
-LENS = {"text": 5, "audio": 5, "vision": 5}
 CFG = {"d_model": 8, "num_heads": 2}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("curves") / "tiny.pkl"
-    make_synthetic("mosei", path, n_train=32, n_valid=12, n_test=12, seed=2, dims=DIMS, seq_lens=LENS)
-    return path
+    return write_tiny_mmsa(tmp_path_factory.mktemp("curves") / "tiny.pkl", n=(32, 12, 12), seed=2)
 
 
 def _settings(**kw):
-    return TrainSettings(**{"epochs": 2, "batch_size": 16, "progress": False, "patience": 5, **kw})
+    kw = {"epochs": 2, "batch_size": 16, "progress": False, "patience": 5, **kw}
+    return TrainSettings(**kw)
 
 
 def _read_csv(path):

@@ -71,6 +71,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     epochs = [int(r["epoch"]) + 1 for r in history]
     parts = [c for c in _columns(history) if c not in ("epoch", "select_mae", "lr", "seconds", "aux_scale")]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen parts: the default cycle repeats after 10
     for c in parts:
         ys = [r.get(c, float("nan")) for r in history]
         if all(not (isinstance(y, float) and y > 0) for y in ys):

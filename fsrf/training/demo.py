@@ -14,10 +14,10 @@ from pathlib import Path
 
 __all__ = ["DEMO_FULL", "DEMO_QUICK", "run_demo"]
 
-#: The default demo: every built-in model, one seed (about 10 minutes on 2 CPU cores).
+#: The default demo: every built-in model, one seed (under 5 minutes on 2 CPU cores, data generation included).
 DEMO_FULL = {"n": (800, 200, 400), "epochs": 12, "d_model": 64, "patience": 4, "seeds": (1111,),
              "models": None}
-#: ``--quick``: FSRF and the two strongest baselines on smaller data (under 3 minutes).
+#: ``--quick``: FSRF and the two strongest baselines on smaller data (about a minute).
 DEMO_QUICK = {"n": (400, 120, 300), "epochs": 8, "d_model": 32, "patience": 4, "seeds": (1111,),
               "models": ("FSRF", "late fusion + modality dropout", "MulT")}
 

@@ -234,7 +234,7 @@ def format_table(results: Mapping[str, Any], dataset: str | None = None) -> str:
 
 def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metric: str | None = None) -> Path:
     """Two panels: ``metric`` vs. intra missing rate (one line per model, ± std band) and the
-    same metric per inter-modal pattern (grouped bars). Written atomically as PNG."""
+    same metric per inter-modal pattern (grouped bars, ± std error bars). Written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -267,8 +267,10 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
         width = 0.8 / len(models)
         for i, m in enumerate(models):
             inter = results["models"][m]["mean"]["inter"]
+            sd = results["models"][m].get("std", {}).get("inter")
+            err = [sd[p][metric] for p in pats] if sd else None  # ± std over seeds, as the bands
             ax.bar(np.arange(len(pats)) + i * width - 0.4 + width / 2, [inter[p][metric] for p in pats], width,
-                   label=m)
+                   yerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.3"}, label=m)
         ax.set_xticks(np.arange(len(pats)), [p.upper() for p in pats])
         lo = min(results["models"][m]["mean"]["inter"][p][metric] for m in models for p in pats)
         ax.set_ylim(max(0.0, lo - 0.1) if metric != "MAE" else 0.0, None)

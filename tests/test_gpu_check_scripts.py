@@ -102,9 +102,12 @@ def test_every_test_that_needs_cuda_is_selected_by_the_gpu_mark(tmp_path):
     audit = tmp_path / "audit.jsonl"
     env = dict(os.environ, FSRF_GPU_AUDIT=str(audit),
                PYTHONPATH=os.path.join(ROOT, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # cwd outside the checkout: `python -m` puts the cwd first on sys.path, and the source tree's
+    # fsrf (no compiled _C, no fsrf.kernels) would shadow the installed package
     r = subprocess.run([sys.executable, "-m", "pytest", os.path.join(ROOT, "tests"), "--collect-only", "-q",
+                        "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", ROOT,
                         "-p", "_gpu_audit", "-p", "no:cacheprovider"], capture_output=True, text=True,
-                       timeout=300, env=env, cwd=ROOT)
+                       timeout=300, env=env, cwd=str(tmp_path))
     assert r.returncode in (0, 5), r.stdout[-2000:] + r.stderr[-2000:]
     rows = [json.loads(line) for line in audit.read_text().splitlines()]
     assert len(rows) > 500  # the whole suite was collected

@@ -1,7 +1,7 @@
 """README tables from the results of scripts/study.sh: per generator, every model's mean ± std
 over seeds of Has0_F1 and MAE for the groups of the comparison, with the paired t-test p of FSRF
 against it, and the conditions (each intra rate, each pattern) where FSRF is below the best
-other model by more than one standard deviation of the seeds.
+baseline (its ablations included) by more than one standard deviation of the seeds.
 
     python scripts/study_report.py study/factor/results.json study/events/results.json
 """
@@ -54,7 +54,7 @@ def report(path: Path) -> str:
                 gap = (others[bm] - mine) if best is max else (mine - others[bm])
                 if gap > sd:
                     worse.append(f"{kind} {cond} {lab}: {mine:.3f} vs. {bm} {others[bm]:.3f} (std {sd:.3f})")
-    lines += ["", f"Conditions where {ref} is behind the best other model by more than one std of its seeds: "
+    lines += ["", f"Conditions where {ref} is behind the best baseline (its ablations included) by more than one std of its seeds: "
               + (f"{len(worse)} — " + "; ".join(worse) if worse else "none") + "."]
     secs = r["meta"].get("wall_seconds") or r["meta"].get("seconds")
     if secs:

@@ -290,3 +290,19 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     assert meta["world_size"] == 2
     assert proc.stdout.count("epoch 1/1") == 1  # rank-0 logging only
     assert proc.stdout.count("training FSRF on") == 1
+
+
+@pytest.mark.parametrize("n", [128 * 3 + 3, 64 * 2 + 1, 7, 130])
+def test_every_rank_runs_the_same_batches(n):
+    # with shards of unequal length one rank could train a 2-row trailing batch while another
+    # skips its 1-row batch, and the step's collectives would wait forever
+    import numpy as np
+
+    from fsrf.training.trainer import _rank_shard
+
+    order = np.random.default_rng(0).permutation(n)
+    for world in (1, 2, 3):
+        shards = [_rank_shard(order, r, world) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1
+        assert len(np.concatenate(shards)) == n - (n % world if world > 1 else 0)
+        assert len(np.unique(np.concatenate(shards))) == len(np.concatenate(shards))

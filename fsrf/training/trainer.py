@@ -431,7 +431,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         t0 = time.perf_counter()
         split = sampler.epoch(epoch) if sampler is not None else train
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
-        order = order[rank::world]
+        order = _rank_shard(order, rank, world)
         # on the training device, so that drawing the second view copies nothing to it
         view_gen = None if settings.compile else torch.Generator(device=device).manual_seed(seed * 7919 + epoch)
         model.train()
@@ -534,6 +534,16 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     if settings.compile:
         result["compile_seconds"] = compile_s
     return result
+
+
+def _rank_shard(order, rank: int, world: int):
+    """This rank's share of an epoch's sample order: every rank gets the same number of samples
+    (the last ``len(order) % world`` of the permutation sit the epoch out, as with
+    ``DistributedSampler(drop_last=True)``), so every rank runs the same batches with the same
+    sizes and skips the same too-small trailing batch — the collectives of a step never mismatch."""
+    if world > 1:
+        order = order[:len(order) - len(order) % world]
+    return order[rank::world]
 
 
 def _sync(device: str) -> None:

@@ -122,3 +122,12 @@ def test_train_to_a_log_prints_epoch_lines_and_no_bars(tiny, tmp_path, capsys):
     assert "batch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main([*argv, "--progress", "--no-progress", "--out", str(tmp_path / "both")])
+
+
+def test_bad_record_arguments_are_refused_by_name(tmp_path):
+    from fsrf.training.curves import plot_training_curves
+
+    with pytest.raises(TypeError, match="tensorboard"):
+        TrainSettings(tensorboard="yes")
+    with pytest.raises(ValueError, match="at least one epoch"):
+        plot_training_curves([], tmp_path / "c.png")

@@ -341,7 +341,7 @@ class FSRFLayer(nn.Module):
         dered = terms[n_pairs:].sum()
 
         s_all = [factors[3 * i] for i in range(len(names))]
-        hom_pairs = [self._masked_mmd(s_all[i], avail_all[:, i], s_all[j], avail_all[:, j])
+        hom_pairs = [self._mmd(s_all[i], s_all[j], avail_all[:, i], avail_all[:, j])
                      for i in range(len(names)) for j in range(i + 1, len(names))]
         hom = torch.stack(hom_pairs).sum() if cfg.hom_reduction == "sum" else torch.stack(hom_pairs).mean()
 
@@ -376,8 +376,9 @@ class FSRFLayer(nn.Module):
             loss = loss + (err * w).sum() / w.sum().clamp_min(1.0)
         return loss
 
-    def _masked_mmd(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Tensor:
-        """MMD² between the available rows of x and of y; 0 when either side has < 2 rows."""
+    def _mmd(self, x: Tensor, y: Tensor, mx: Tensor | None = None, my: Tensor | None = None) -> Tensor:
+        """MMD² of the config's kernel between x and y (their rows where ``mx`` / ``my`` are True:
+        0 when either side has < 2), divided by the number of bandwidths with ``mmd_normalize``."""
         cfg = self.config
         # the op's row masks select the rows (pooled bandwidth included) without indexing: no
         # data-dependent shape, no host sync, one graph under torch.compile
@@ -403,7 +404,7 @@ class FSRFLayer(nn.Module):
         if global_batch_active(cfg.global_batch):
             fa, fb = gather_rows(fa), gather_rows(fb)  # KL batch mean and MMD over every process's rows
         T = cfg.kl_temperature
-        kl_be, mmd_be = self.op_backend("kl_divergence"), self.op_backend("mmd")
+        kl_be = self.op_backend("kl_divergence")
         if cfg.kl_stop_grad == "both":
             kl = ops.kl_divergence(fb, fa, temperature=T, symmetric=True, detach_target=True, backend=kl_be)
         elif cfg.kl_stop_grad == "none":
@@ -411,13 +412,7 @@ class FSRFLayer(nn.Module):
         else:  # "richer": view A only teaches
             kl = ops.kl_divergence(fb, fa.detach(), temperature=T, symmetric=True, detach_target=False,
                                    backend=kl_be)
-        if fa.shape[0] >= 2:
-            dist = ops.mmd(fa, fb, num_kernels=cfg.mmd_num_kernels, kernel_mul=cfg.mmd_kernel_mul,
-                           unbiased=cfg.mmd_unbiased, backend=mmd_be)
-            if cfg.mmd_normalize:
-                dist = dist / cfg.mmd_num_kernels
-        else:
-            dist = fa.new_zeros(())
+        dist = self._mmd(fa, fb) if fa.shape[0] >= 2 else fa.new_zeros(())
         recov = fa.new_zeros(())
         if cfg.dhf and cfg.recovery:
             lost = out_a.available & ~out_b.available  # present in A, missing in B

@@ -20,7 +20,7 @@ from torch import nn
 
 from fsrf.config import FSRFConfig
 from fsrf.models import ModelSpec, rebuild_model
-from fsrf.runtime.progress import show_bars
+from fsrf.runtime.progress import check_progress, show_bars
 from fsrf.training.curves import CURVES_NAME, METRICS_NAME, TensorBoardLog, plot_training_curves, write_metrics_csv
 from fsrf.runtime.io import atomic_write_text, ensure_dir, remove_stale_temps
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
@@ -90,8 +90,7 @@ class TrainSettings:
             raise ValueError(f"selection must be one of {SELECTIONS}; got {self.selection!r}")
         if self.train_missing not in ("lnln", "none"):
             raise ValueError(f"train_missing must be 'lnln' or 'none'; got {self.train_missing!r}")
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise TypeError(f"progress must be True, False or None (bars only on a terminal); got {self.progress!r}")
+        check_progress(self.progress)
         if not isinstance(self.tensorboard, bool):
             raise TypeError(f"tensorboard must be a bool; got {type(self.tensorboard).__name__} {self.tensorboard!r}")
         if not isinstance(self.compile, bool):

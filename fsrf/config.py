@@ -7,14 +7,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["FSRFConfig", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "REDUCTIONS", "RECOVERY_LOSSES", "TASK_LOSSES"]
+__all__ = ["FSRFConfig", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "REDUCTIONS", "RECOVERY_LOSSES", "SHARED_POOLS", "TASK_LOSSES"]
 
 KL_STOP_GRAD = ("both", "none", "richer")
 TASK_LOSSES = ("l1", "mse")
 REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
+SHARED_POOLS = ("mean", "gated")
 
-#: The fields whose defaults changed after the multi-seed study of docs/FSRF_METHOD.md §7, with
+#: The fields whose defaults changed after the multi-seed studies of docs/FSRF_METHOD.md §7, with
 #: the values of the first reconstruction. A saved config that lacks one of them was written
 #: before the change and is read with these values (:meth:`FSRFConfig.from_saved`).
 FIRST_RECONSTRUCTION: dict[str, Any] = {
@@ -26,6 +27,8 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "modality_dropout": 0.0,
     "fusion_availability": False,
     "recovery_loss": "view",
+    "pool_norm": False,
+    "shared_pool": "mean",
 }
 
 
@@ -65,6 +68,11 @@ class FSRFConfig:
         ``modality_dropout`` (probability that a training sample of view A loses one or two
         whole modalities, as the evaluation's patterns do; default 0.3),
         ``fusion_availability`` (the availability flags ``a_m`` enter the fusion MLP),
+        ``pool_norm`` (a LayerNorm on each pooled ``z_m``, so that a mean over few observed frames,
+        which is noisier, does not come out larger and push the predictions outwards; default),
+        ``shared_pool`` (how the homogeneous codes of the available modalities combine into
+        ``s̄``: ``"mean"``, or ``"gated"``, weights from a softmax over them of a learned score of
+        each code, zero-initialised so that training starts from the mean; default),
         ``recovery_loss`` (``"view"``: recovery learns from the second view only;
         ``"view+loo"``: also leave-one-out — every available modality's heterogeneous part is
         predicted from the shared mean of the others, for every pattern; default).
@@ -125,6 +133,8 @@ class FSRFConfig:
     modality_dropout: float = 0.3
     fusion_availability: bool = True
     recovery_loss: str = "view+loo"
+    pool_norm: bool = True
+    shared_pool: str = "gated"
 
     global_batch: bool | None = None
     backend: str = "auto"
@@ -165,7 +175,7 @@ class FSRFConfig:
         _num("dropout", 0.0, 1.0)
         _num("attn_dropout", 0.0, 1.0)
         for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased", "rec_detach_target",
-                     "mmd_normalize", "fusion_availability"):
+                     "mmd_normalize", "fusion_availability", "pool_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
         for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov"):
@@ -185,6 +195,8 @@ class FSRFConfig:
         for name in ("orth_reduction", "hom_reduction"):
             if getattr(self, name) not in REDUCTIONS:
                 raise ValueError(f"FSRFConfig.{name} must be one of {REDUCTIONS}; got {getattr(self, name)!r}")
+        if self.shared_pool not in SHARED_POOLS:
+            raise ValueError(f"FSRFConfig.shared_pool must be one of {SHARED_POOLS}; got {self.shared_pool!r}")
         if self.recovery_loss not in RECOVERY_LOSSES:
             raise ValueError(f"FSRFConfig.recovery_loss must be one of {RECOVERY_LOSSES}; got {self.recovery_loss!r}")
         _int("aux_warmup_steps", 0)

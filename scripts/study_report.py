@@ -56,9 +56,10 @@ def report(path: Path) -> str:
                     worse.append(f"{kind} {cond} {lab}: {mine:.3f} vs. {bm} {others[bm]:.3f} (std {sd:.3f})")
     lines += ["", f"Conditions where {ref} is behind the best baseline (its ablations included) by more than one std of its seeds: "
               + (f"{len(worse)} — " + "; ".join(worse) if worse else "none") + "."]
-    secs = r["meta"].get("wall_seconds") or r["meta"].get("seconds")
-    if secs:
-        lines.append(f"Wall time of the comparison: {secs / 60:.0f} min.")
+    # the runs' own times, summed: a resumed comparison's wall time counts only what it retrained
+    runs = [t for per in r["meta"].get("seconds", {}).values() for t in per.values() if t == t]
+    if runs:
+        lines.append(f"Time of its {len(runs)} runs (training and evaluation), summed: {sum(runs) / 60:.0f} min.")
     return "\n".join(lines)
 
 

@@ -76,6 +76,14 @@ def test_a_rerun_resumes_without_training_again(tiny_file, tmp_path, monkeypatch
     assert again["models"]["late fusion"]["per_seed"] == first["models"]["late fusion"]["per_seed"]
 
 
+def test_a_rerun_with_another_model_under_the_same_name_is_refused(tiny_file, tmp_path):
+    data = load_mmsa(tiny_file)
+    kw = dict(seeds=[1], settings=TINY, rates=(0.0,), patterns=("l",), progress=False, log=None)
+    compare(data, [ModelSpec("lf", kind="late_fusion", kwargs={"d_model": 8})], tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"another 'lf'.*fresh --out"):
+        compare(data, [ModelSpec("lf", kind="late_fusion", kwargs={"d_model": 16})], tmp_path, **kw)
+
+
 def test_every_model_of_a_seed_sees_the_same_evaluation_masks(tiny_file, tmp_path, monkeypatch):
     import fsrf.missing as missing
 

@@ -6,6 +6,7 @@ tested in test_plateau.py.
 """
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
     ("recovery_loss", "loo", ValueError), ("aux_warmup_steps", -1, ValueError),
     ("aux_warmup_steps", 2.5, TypeError), ("modality_dropout", 1.5, ValueError),
     ("rec_detach_target", 1, TypeError), ("mmd_normalize", "yes", TypeError),
-    ("fusion_availability", None, TypeError)])
+    ("fusion_availability", None, TypeError), ("pool_norm", "on", TypeError), ("shared_pool", "max", ValueError)])
 def test_bad_switch_values_are_refused_by_name(field, value, exc):
     with pytest.raises(exc, match=field):
         FSRFConfig(**{field: value})
@@ -172,3 +173,64 @@ def test_the_availability_flags_enter_the_fusion():
         on = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf))
         off = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf, fusion_availability=False))
         assert on.fusion[0].in_features == width + M and off.fusion[0].in_features == width
+
+
+@pytest.mark.parametrize("dhf", [True, False])
+def test_pool_norm_is_a_layer_norm_of_the_masked_mean_and_keeps_missing_modalities_zero(dhf):
+    inputs, masks, _ = _batch(dtype=torch.float64)
+    off = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf, pool_norm=False)).double().eval()
+    on = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf)).double().eval()
+    missing = on.load_state_dict(off.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(f"pool_ln.{m}.{p}" for m in DIMS for p in ("weight", "bias"))
+    with torch.no_grad():
+        for i, m in enumerate(DIMS):  # a non-trivial affine, so the test sees where it is applied
+            on.pool_ln[m].weight.copy_(torch.linspace(0.5, 1.5, SMALL["d_model"]) + i)
+            on.pool_ln[m].bias.copy_(torch.linspace(-1.0, 1.0, SMALL["d_model"]))
+        raw, got = off(inputs, masks), on(inputs, masks)
+    for i, m in enumerate(DIMS):
+        z = raw.pooled[m]
+        mu = z.mean(-1, keepdim=True)
+        var = z.var(-1, unbiased=False, keepdim=True)
+        want = (z - mu) / torch.sqrt(var + 1e-5) * on.pool_ln[m].weight + on.pool_ln[m].bias
+        avail = masks[m].any(1)
+        torch.testing.assert_close(got.pooled[m][avail], want[avail], rtol=1e-10, atol=1e-10)
+        assert torch.equal(got.pooled[m][~avail], torch.zeros_like(got.pooled[m][~avail]))
+
+
+def test_the_gated_shared_code_is_a_softmax_over_the_available_modalities_against_a_float64_loop():
+    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL)).double()
+    assert layer.config.shared_pool == "gated"
+    with torch.no_grad():  # zero-initialised; give it scores that differ
+        layer.shared_gate.weight.copy_(torch.linspace(-1.0, 1.0, SMALL["d_model"])[None])
+        layer.shared_gate.bias.fill_(0.3)
+        layer.shared_prior.copy_(torch.tensor([2.0, -1.0, 0.5]))
+    g = torch.Generator().manual_seed(3)
+    S = torch.randn(6, 3, SMALL["d_model"], generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1], [0, 0, 1]], dtype=torch.float64)
+    got = layer._shared_mean(S, a)
+    w_gate, b_gate, prior = (t.detach() for t in (layer.shared_gate.weight[0], layer.shared_gate.bias[0],
+                                                  layer.shared_prior))
+    Sd = S.detach()
+    for b in range(6):
+        on = [m for m in range(3) if a[b, m] > 0]
+        if not on:
+            assert torch.equal(got[b], torch.zeros_like(got[b]))
+            continue
+        scores = [float(Sd[b, m] @ w_gate + b_gate + prior[m]) for m in on]
+        z = sum(math.exp(x) for x in scores)
+        want = sum(math.exp(x) / z * Sd[b, m] for x, m in zip(scores, on))
+        torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
+    got.sum().backward()
+    assert torch.isfinite(S.grad).all() and torch.equal(S.grad[3], torch.zeros_like(S.grad[3]))
+    assert torch.isfinite(layer.shared_prior.grad).all()
+
+
+def test_the_plain_mean_is_kept_behind_the_switch_and_gating_starts_there():
+    S = torch.randn(5, 3, SMALL["d_model"], dtype=torch.float64)
+    a = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 0]], dtype=torch.float64)
+    want = (S * a[..., None]).sum(1) / a.sum(1, keepdim=True).clamp_min(1)
+    mean = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, shared_pool="mean")).double()
+    gated = FSRFLayer(DIMS, config=FSRFConfig(**SMALL)).double()  # zero-initialised gate
+    assert not hasattr(mean, "shared_gate")
+    torch.testing.assert_close(mean._shared_mean(S, a), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gated._shared_mean(S, a), want, rtol=1e-12, atol=1e-12)

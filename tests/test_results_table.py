@@ -73,3 +73,16 @@ def test_nan_values_do_not_break_the_table():
     text = format_table(res)
     inter = text[text.index("inter-modal"):]
     assert "nan" in inter and inter.splitlines()[-1].split()[-1] == "nan"
+
+
+def test_the_robustness_figure_has_a_row_for_the_binary_f1_and_one_for_mae(tmp_path):
+    import matplotlib.image
+
+    from fsrf.training.results import plot_robustness
+
+    res = _results(MOSI_COLS, "mosi")
+    both = matplotlib.image.imread(plot_robustness(res, tmp_path / "both.png"))
+    one = matplotlib.image.imread(plot_robustness(res, tmp_path / "one.png", metric="MAE"))
+    assert both.shape[0] == 2 * one.shape[0] and both.shape[1] == one.shape[1]
+    no_mae = _results(["F1_score", "Corr"], "sims")  # a metric set without MAE: the F1 row only
+    assert matplotlib.image.imread(plot_robustness(no_mae, tmp_path / "f1.png")).shape == one.shape

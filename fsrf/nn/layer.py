@@ -37,7 +37,8 @@ class FSRFOutput:
         losses: {"orth", "dered", "hom", "rec"} (and "loo" with ``recovery_loss="view+loo"``)
             unweighted 0-dim tensors in training, {} in eval.
         aux_loss: weighted sum of ``losses`` (0-dim; exactly 0 in eval).
-        shared_mean: (B, d_f) mean homogeneous code s̄ of the available modalities (0 when none).
+        shared_mean: (B, d_f) shared code s̄ of the available modalities: their homogeneous codes
+            averaged, or weighted with ``shared_pool="gated"`` (0 when none is available).
     """
 
     fused: Tensor
@@ -121,12 +122,20 @@ class FSRFLayer(nn.Module):
         self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
                                                                 backend=self.op_backend("masked_cross_attention"))
                                    for m in self.modalities})
+        if cfg.pool_norm:
+            self.pool_ln = nn.ModuleDict({m: nn.LayerNorm(d) for m in self.modalities})
         if cfg.dhf:
             self.enc_hom = _mlp(d, df, df, cfg.dropout)  # one encoder shared by all modalities (§2)
             self.enc_het = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
             self.enc_noise = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
             self.dec = nn.ModuleDict({m: _mlp(3 * df, d, d, cfg.dropout) for m in self.modalities})
             self.recover_het = nn.ModuleDict({m: _mlp(df, df, df, cfg.dropout) for m in self.modalities})
+            if cfg.shared_pool == "gated":
+                # zero-initialised: s̄ starts as the plain mean and learns whom to trust
+                self.shared_gate = nn.Linear(df, 1)
+                nn.init.zeros_(self.shared_gate.weight)
+                nn.init.zeros_(self.shared_gate.bias)
+                self.shared_prior = nn.Parameter(torch.zeros(M))
         flags = M if cfg.fusion_availability else 0
         if cfg.dhf:
             self.fusion = _mlp((1 + M) * df + flags, cfg.out_dim, cfg.out_dim, cfg.dropout)
@@ -275,6 +284,10 @@ class FSRFLayer(nn.Module):
             c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
             w = k[m].unsqueeze(-1).to(c.dtype)
             z[m] = (c * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+            if cfg.pool_norm:
+                # the mean of few frames is noisier and so larger; normalised, its noise shrinks the
+                # signal's share instead of adding to it. A missing modality stays exactly 0.
+                z[m] = self.pool_ln[m](z[m]) * available[:, i:i + 1].to(z[m].dtype)
 
         # the fusion may see which modalities are there (a zero vector and a missing one differ)
         flags = [available.to(ref_dtype)] if cfg.fusion_availability else []
@@ -292,8 +305,7 @@ class FSRFLayer(nn.Module):
         # §3 recovery: s̄ over available modalities; missing parts substituted
         a = available.to(s[names[0]].dtype)
         s_stack = torch.stack([s[m] for m in names], dim=1)  # (B, M, d_f)
-        count = a.sum(dim=1, keepdim=True)
-        s_bar = (s_stack * a.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1.0)
+        s_bar = self._shared_mean(s_stack, a)
         s_out, p_out = {}, {}
         for i, m in enumerate(names):
             am = a[:, i:i + 1]
@@ -358,20 +370,39 @@ class FSRFLayer(nn.Module):
             out["loo"] = self._loo_recovery(s, p, available)
         return out
 
+    def _shared_mean(self, S: Tensor, a: Tensor) -> Tensor:
+        """s̄: the homogeneous codes ``S`` (B, M, d_f) of the modalities where ``a`` (B, M) is 1,
+        averaged (``shared_pool="mean"``) or weighted by a softmax over them of a learned score
+        (``"gated"``); 0 for a row with none."""
+        acc = torch.promote_types(S.dtype, torch.float32)  # sums in fp32 at least, under autocast too
+        if self.config.shared_pool == "mean":
+            a = a.to(acc)
+            return ((S.to(acc) * a.unsqueeze(-1)).sum(dim=1) / a.sum(dim=1, keepdim=True).clamp_min(1.0)).to(S.dtype)
+        score = (self.shared_gate(S).squeeze(-1) + self.shared_prior).to(acc)
+        on = a > 0
+        # softmax over the available entries only, shifted by their (detached) max; an absent
+        # entry is exp(-inf) = 0 with gradient 0, and a row with none gets all-zero weights
+        top = torch.where(on, score, torch.full_like(score, -torch.inf)).amax(dim=1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
+        e = torch.exp(torch.where(on, score - top, torch.full_like(score, -torch.inf)))
+        w = e / e.sum(dim=1, keepdim=True).clamp_min(1e-30)
+        return (S.to(acc) * w.unsqueeze(-1).to(acc)).sum(dim=1).to(S.dtype)
+
     def _loo_recovery(self, s, p, available) -> Tensor:
         """Leave-one-out recovery: each available ``p_m`` (detached) predicted by ``G_m`` from the
-        mean ``s`` of the other available modalities, so ``G_m`` learns every pattern the batch
-        holds, not only the ones the second view happens to draw."""
+        shared code ``s̄`` of the other available modalities (pooled as in the forward), so ``G_m``
+        learns every pattern the batch holds, not only the ones the second view happens to draw."""
         names = self.modalities
         a = available.float()
-        S = torch.stack([s[m].float() for m in names], dim=1)  # (B, M, d_f)
-        total = (S * a.unsqueeze(-1)).sum(dim=1)
+        S = torch.stack([s[m] for m in names], dim=1)  # (B, M, d_f)
         count = a.sum(dim=1)
-        loss = S.new_zeros(())
+        loss = a.new_zeros(())
         for i, m in enumerate(names):
             others = count - a[:, i]
             w = a[:, i] * (others > 0).float()
-            s_rest = (total - S[:, i] * a[:, i:i + 1]) / others.clamp_min(1.0).unsqueeze(-1)
+            rest = a.clone()
+            rest[:, i] = 0.0
+            s_rest = self._shared_mean(S, rest)
             err = (self.recover_het[m](s_rest.to(s[m].dtype)).float() - p[m].detach().float()).pow(2).mean(dim=-1)
             loss = loss + (err * w).sum() / w.sum().clamp_min(1.0)
         return loss

@@ -80,6 +80,15 @@ def default_specs(d_model: int = 64, *, fsrf_config=None, mult_d_model: int = 32
     ]
 
 
+def _spec_record(spec: ModelSpec) -> dict[str, Any] | None:
+    """What a run of a built-in kind was built from, as its ``eval.json`` stores it (None for a
+    ``build=`` callable, which cannot be compared)."""
+    if spec.kind is None:
+        return None
+    return json.loads(json.dumps({"kind": spec.kind, "kwargs": dict(spec.kwargs), "train": dict(spec.train)},
+                                 default=str))
+
+
 def _slug(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
     return s or "model"
@@ -171,8 +180,14 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     for k, (seed, spec) in enumerate(jobs, 1):
         run_dir = out / _slug(spec.name) / f"seed_{seed}"
         done = run_dir / "eval.json"
+        made = _spec_record(spec)
         if done.is_file():
             rec = json.loads(done.read_text(encoding="utf-8"))
+            # a folder of another model must not stand in for this one (files written before the
+            # record existed carry none and are taken as they are)
+            if rec.get("spec") is not None and made is not None and rec["spec"] != made:
+                raise ValueError(f"{done} holds results of another {spec.name!r} (stored {rec['spec']}, asked "
+                                 f"{made}); use a fresh --out folder, or delete {run_dir} to train it again")
             if rec.get("protocol") == protocol:
                 per_model[spec.name][str(seed)] = rec["results"]
                 timing[spec.name][str(seed)] = rec.get("seconds", float("nan"))
@@ -187,7 +202,8 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
         ev = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=mask_seed,
                          device=run_settings.device, progress=progress)
         secs = time.perf_counter() - t0
-        atomic_write_text(done, json.dumps({"model": spec.name, "seed": seed, "protocol": protocol, "results": ev,
+        atomic_write_text(done, json.dumps({"model": spec.name, "seed": seed, "protocol": protocol, "spec": made,
+                                            "results": ev,
                                             "best_epoch": res["best_epoch"], "seconds": secs}, indent=2))
         per_model[spec.name][str(seed)] = ev
         timing[spec.name][str(seed)] = secs

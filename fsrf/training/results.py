@@ -233,17 +233,38 @@ def format_table(results: Mapping[str, Any], dataset: str | None = None) -> str:
 
 
 def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metric: str | None = None) -> Path:
-    """Two panels: ``metric`` vs. intra missing rate (one line per model, ± std band) and the
-    same metric per inter-modal pattern (grouped bars, ± std error bars). Written atomically as PNG."""
+    """The robustness figure, written atomically as PNG: per metric a row of two panels — the
+    metric against the intra missing rate (one line per model, ± std band over seeds) and per
+    inter-modal pattern (grouped bars, ± std error bars). Rows: the binary F1 (``Has0_F1_score``,
+    ``F1_score`` on SIMS) and MAE, or ``metric`` alone when given."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     dataset = results.get("meta", {}).get("dataset")
-    metric = metric or ("F1_score" if dataset == "sims" else "Has0_F1_score")
     models = list(results["models"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    if metric is not None:
+        metrics = [metric]
+    else:
+        first = results["models"][models[0]]["mean"]
+        seen = next((c for kind in ("intra", "inter") for c in first.get(kind, {}).values()), {})
+        metrics = ["F1_score" if dataset == "sims" else "Has0_F1_score"] + (["MAE"] if "MAE" in seen else [])
+    fig, grid = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    for row, name in enumerate(metrics):
+        _robustness_row(grid[row], results, models, name, legend=row == 0)
+    fig.tight_layout()
+    try:
+        run_id = results.get("meta", {}).get("run_id")
+        info = {_PNG_KEY: str(run_id)} if run_id else None
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, metadata=info))
+    finally:
+        plt.close(fig)
+
+
+def _robustness_row(axes, results: Mapping[str, Any], models: list[str], metric: str, *, legend: bool) -> None:
+    label = f"{metric} (lower is better)" if metric == "MAE" else metric
     ax = axes[0]
     for m in models:
         intra = results["models"][m]["mean"].get("intra", {})
@@ -257,32 +278,27 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
             sd = np.array([std[k][metric] for k in intra])
             ax.fill_between(xs, ys - sd, ys + sd, alpha=0.2)
     ax.set_xlabel("intra-modal missing rate r")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(label)
     ax.set_title("Frame-level missingness")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if legend:
+        ax.legend()
     ax = axes[1]
     pats = list(results["models"][models[0]]["mean"].get("inter", {}))
-    if pats:
-        width = 0.8 / len(models)
-        for i, m in enumerate(models):
-            inter = results["models"][m]["mean"]["inter"]
-            sd = results["models"][m].get("std", {}).get("inter")
-            err = [sd[p][metric] for p in pats] if sd else None  # ± std over seeds, as the bands
-            ax.bar(np.arange(len(pats)) + i * width - 0.4 + width / 2, [inter[p][metric] for p in pats], width,
-                   yerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.3"}, label=m)
-        ax.set_xticks(np.arange(len(pats)), [p.upper() for p in pats])
-        lo = min(results["models"][m]["mean"]["inter"][p][metric] for m in models for p in pats)
-        ax.set_ylim(max(0.0, lo - 0.1) if metric != "MAE" else 0.0, None)
-        ax.set_xlabel("available modalities (L = text, A = audio, V = vision)")
-        ax.set_title("Whole-modality missingness")
-        ax.grid(alpha=0.3, axis="y")
-    else:
+    if not pats:
         ax.axis("off")
-    fig.tight_layout()
-    try:
-        run_id = results.get("meta", {}).get("run_id")
-        info = {_PNG_KEY: str(run_id)} if run_id else None
-        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120, metadata=info))
-    finally:
-        plt.close(fig)
+        return
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        inter = results["models"][m]["mean"]["inter"]
+        sd = results["models"][m].get("std", {}).get("inter")
+        err = [sd[p][metric] for p in pats] if sd else None  # ± std over seeds, as the bands
+        ax.bar(np.arange(len(pats)) + i * width - 0.4 + width / 2, [inter[p][metric] for p in pats], width,
+               yerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.3"}, label=m)
+    ax.set_xticks(np.arange(len(pats)), [p.upper() for p in pats])
+    lo = min(results["models"][m]["mean"]["inter"][p][metric] for m in models for p in pats)
+    ax.set_ylim(max(0.0, lo - 0.1), None)
+    ax.set_ylabel(label)
+    ax.set_xlabel("available modalities (L = text, A = audio, V = vision)")
+    ax.set_title("Whole-modality missingness")
+    ax.grid(alpha=0.3, axis="y")

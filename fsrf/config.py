@@ -75,7 +75,7 @@ class FSRFConfig:
         each code, zero-initialised so that training starts from the mean; default),
         ``recovery_loss`` (``"view"``: recovery learns from the second view only;
         ``"view+loo"``: also leave-one-out — every available modality's heterogeneous part is
-        predicted from the shared mean of the others, for every pattern; default).
+        predicted from the shared code of the others, for every pattern; default).
     Second view (DAS)
         ``view_rate`` (extra frame-drop rate; ``None`` draws one rate per sample from U(0, 1)),
         ``view_inter_prob`` (probability that a sample loses one or two whole modalities).

@@ -23,8 +23,7 @@ def tiny(tmp_path_factory):
 
 
 def _settings(**kw):
-    kw = {"epochs": 2, "batch_size": 16, "progress": False, "patience": 5, **kw}
-    return TrainSettings(**kw)
+    return TrainSettings(**{"epochs": 2, "batch_size": 16, "progress": False, "patience": 5, **kw})
 
 
 def _read_csv(path):

@@ -86,3 +86,13 @@ def test_the_robustness_figure_has_a_row_for_the_binary_f1_and_one_for_mae(tmp_p
     assert both.shape[0] == 2 * one.shape[0] and both.shape[1] == one.shape[1]
     no_mae = _results(["F1_score", "Corr"], "sims")  # a metric set without MAE: the F1 row only
     assert matplotlib.image.imread(plot_robustness(no_mae, tmp_path / "f1.png")).shape == one.shape
+
+
+def test_the_robustness_figure_refuses_a_metric_the_results_lack(tmp_path):
+    import pytest
+
+    from fsrf.training.results import plot_robustness
+
+    with pytest.raises(ValueError, match="metric must be one of.*'Mult_acc_3'"):
+        plot_robustness(_results(MOSI_COLS, "mosi"), tmp_path / "x.png", metric="Mult_acc_3")
+    assert not (tmp_path / "x.png").exists()

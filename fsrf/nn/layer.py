@@ -370,23 +370,26 @@ class FSRFLayer(nn.Module):
             out["loo"] = self._loo_recovery(s, p, available)
         return out
 
-    def _shared_mean(self, S: Tensor, a: Tensor) -> Tensor:
+    def _shared_mean(self, S: Tensor, a: Tensor, score: Tensor | None = None) -> Tensor:
         """s̄: the homogeneous codes ``S`` (B, M, d_f) of the modalities where ``a`` (B, M) is 1,
         averaged (``shared_pool="mean"``) or weighted by a softmax over them of a learned score
-        (``"gated"``); 0 for a row with none."""
+        (``"gated"``; ``score``, from :meth:`_gate_score`, is computed when not given); 0 for a
+        row with none."""
         acc = torch.promote_types(S.dtype, torch.float32)  # sums in fp32 at least, under autocast too
         if self.config.shared_pool == "mean":
             a = a.to(acc)
             return ((S.to(acc) * a.unsqueeze(-1)).sum(dim=1) / a.sum(dim=1, keepdim=True).clamp_min(1.0)).to(S.dtype)
-        score = (self.shared_gate(S).squeeze(-1) + self.shared_prior).to(acc)
+        score = (self._gate_score(S) if score is None else score).to(acc)
         on = a > 0
-        # softmax over the available entries only, shifted by their (detached) max; an absent
-        # entry is exp(-inf) = 0 with gradient 0, and a row with none gets all-zero weights
-        top = torch.where(on, score, torch.full_like(score, -torch.inf)).amax(dim=1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
-        e = torch.exp(torch.where(on, score - top, torch.full_like(score, -torch.inf)))
-        w = e / e.sum(dim=1, keepdim=True).clamp_min(1e-30)
-        return (S.to(acc) * w.unsqueeze(-1).to(acc)).sum(dim=1).to(S.dtype)
+        # as the attention reference masks keys: a row with none keeps every entry (finite
+        # weights) and is zeroed afterwards, so it gets 0 and a zero gradient, never NaN
+        has = on.any(dim=1, keepdim=True)
+        w = torch.softmax(score.masked_fill(~(on | ~has), float("-inf")), dim=1) * has
+        return (S.to(acc) * w.unsqueeze(-1)).sum(dim=1).to(S.dtype)
+
+    def _gate_score(self, S: Tensor) -> Tensor:
+        """The gate's score of each homogeneous code, (B, M)."""
+        return self.shared_gate(S).squeeze(-1) + self.shared_prior
 
     def _loo_recovery(self, s, p, available) -> Tensor:
         """Leave-one-out recovery: each available ``p_m`` (detached) predicted by ``G_m`` from the
@@ -395,6 +398,8 @@ class FSRFLayer(nn.Module):
         names = self.modalities
         a = available.float()
         S = torch.stack([s[m] for m in names], dim=1)  # (B, M, d_f)
+        # a code's score does not depend on which others are left out: scored once for all M
+        score = self._gate_score(S) if self.config.shared_pool == "gated" else None
         count = a.sum(dim=1)
         loss = a.new_zeros(())
         for i, m in enumerate(names):
@@ -402,7 +407,7 @@ class FSRFLayer(nn.Module):
             w = a[:, i] * (others > 0).float()
             rest = a.clone()
             rest[:, i] = 0.0
-            s_rest = self._shared_mean(S, rest)
+            s_rest = self._shared_mean(S, rest, score)
             err = (self.recover_het[m](s_rest.to(s[m].dtype)).float() - p[m].detach().float()).pow(2).mean(dim=-1)
             loss = loss + (err * w).sum() / w.sum().clamp_min(1.0)
         return loss

@@ -244,11 +244,13 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
 
     dataset = results.get("meta", {}).get("dataset")
     models = list(results["models"])
+    first = results["models"][models[0]]["mean"]
+    seen = next((c for kind in ("intra", "inter") for c in first.get(kind, {}).values()), {})
     if metric is not None:
+        if metric not in seen:
+            raise ValueError(f"metric must be one of the results' metrics {sorted(seen)}; got {metric!r}")
         metrics = [metric]
     else:
-        first = results["models"][models[0]]["mean"]
-        seen = next((c for kind in ("intra", "inter") for c in first.get(kind, {}).values()), {})
         metrics = ["F1_score" if dataset == "sims" else "Has0_F1_score"] + (["MAE"] if "MAE" in seen else [])
     fig, grid = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 2]})

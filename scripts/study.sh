@@ -3,13 +3,15 @@
 # reconstructed, its three ablations and the built-in baselines, 5 seeds each, on both synthetic
 # generators (MOSEI layout, 800 / 200 / 400 samples), evaluated under the same masks at every
 # intra rate and availability pattern. Reruns resume. Usage: scripts/study.sh [OUT] (default study/);
-# GENERATORS="factor" runs one generator only.
+# GENERATORS="factor" runs one generator only; N_TRAIN and MODELS change the training-set size and
+# the models (the scale check of docs/FSRF_METHOD.md §7:
+# N_TRAIN=1600 MODELS=fsrf,late-fusion,late-fusion-md,mult scripts/study.sh scale).
 set -euo pipefail
 OUT=${1:-study}
-MODELS=fsrf,fsrf-first,fsrf-no-dhf,fsrf-no-das,fsrf-no-recovery,late-fusion,late-fusion-md,mult
+MODELS=${MODELS:-fsrf,fsrf-first,fsrf-no-dhf,fsrf-no-das,fsrf-no-recovery,late-fusion,late-fusion-md,mult}
 mkdir -p "$OUT"
 for gen in ${GENERATORS:-factor events}; do
-  [ -f "$OUT/$gen.pkl" ] || fsrf make-synthetic --preset mosei --generator "$gen" --n-train 800 \
+  [ -f "$OUT/$gen.pkl" ] || fsrf make-synthetic --preset mosei --generator "$gen" --n-train "${N_TRAIN:-800}" \
     --n-valid 200 --n-test 400 --seed 0 --out "$OUT/$gen.pkl"
   fsrf compare --data "$OUT/$gen.pkl" --models "$MODELS" --seeds 1111 1112 1113 1114 1115 \
     --epochs 12 --patience 4 --no-progress --out "$OUT/$gen"

@@ -2,7 +2,10 @@
 
 import math
 
-from fsrf.training.results import format_table
+import matplotlib.image
+import pytest
+
+from fsrf.training.results import format_table, plot_robustness
 
 MOSI_COLS = ["Has0_F1_score", "Non0_acc_2", "Mult_acc_7", "MAE", "Corr"]
 SIMS_COLS = ["F1_score", "Mult_acc_2", "Mult_acc_3", "MAE", "Corr"]
@@ -76,10 +79,6 @@ def test_nan_values_do_not_break_the_table():
 
 
 def test_the_robustness_figure_has_a_row_for_the_binary_f1_and_one_for_mae(tmp_path):
-    import matplotlib.image
-
-    from fsrf.training.results import plot_robustness
-
     res = _results(MOSI_COLS, "mosi")
     both = matplotlib.image.imread(plot_robustness(res, tmp_path / "both.png"))
     one = matplotlib.image.imread(plot_robustness(res, tmp_path / "one.png", metric="MAE"))
@@ -89,10 +88,6 @@ def test_the_robustness_figure_has_a_row_for_the_binary_f1_and_one_for_mae(tmp_p
 
 
 def test_the_robustness_figure_refuses_a_metric_the_results_lack(tmp_path):
-    import pytest
-
-    from fsrf.training.results import plot_robustness
-
     with pytest.raises(ValueError, match="metric must be one of.*'Mult_acc_3'"):
         plot_robustness(_results(MOSI_COLS, "mosi"), tmp_path / "x.png", metric="Mult_acc_3")
     assert not (tmp_path / "x.png").exists()

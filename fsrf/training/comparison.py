@@ -216,8 +216,8 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     results = {"models": models,
                "meta": {"dataset": kind, "data": str(getattr(data, "path", "")), "seeds": seeds,
                         "reference": reference, **protocol, "settings": settings.to_dict(),
-                        "specs": [{"name": s.name, **_spec_record(s)} if s.kind is not None
-                                  else {"name": s.name, "kind": None, "build": repr(s.build)} for s in specs],
+                        "specs": [{"name": s.name, **(_spec_record(s) or {"kind": None, "build": repr(s.build)})}
+                                  for s in specs],
                         "seconds": {n: timing[n] for n in names},
                         "wall_seconds": round(time.perf_counter() - t_start, 1)}}
     results["summary"] = summarise(results)

@@ -4,6 +4,7 @@ against it, and the conditions (each intra rate, each pattern) where FSRF is bel
 baseline (its ablations included) by more than one standard deviation of the seeds.
 
     python scripts/study_report.py study/factor/results.json study/events/results.json
+    python scripts/study_report.py study/factor/valid/results.json   # after SPLIT=valid scripts/study.sh
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def report(path: Path) -> str:
     ref = r["meta"]["reference"]
     seeds = r["meta"]["seeds"]
     models = list(r["models"])
-    lines = [f"**{path.parent.name}** generator, {len(seeds)} seeds, test split; p = paired t-test over "
+    split = r["meta"].get("split", "test")
+    # a split other than test has its tables one folder down: <generator>/<split>/results.json
+    gen = path.parent.parent.name if split != "test" and path.parent.name == split else path.parent.name
+    lines = [f"**{gen}** generator, {len(seeds)} seeds, {split} split; p = paired t-test over "
              f"seeds of {ref} vs. the row (two-sided).", ""]
     head = ["model"]
     for _, lab_g in GROUPS:
@@ -59,7 +63,8 @@ def report(path: Path) -> str:
     # the runs' own times, summed: a resumed comparison's wall time counts only what it retrained
     runs = [t for per in r["meta"].get("seconds", {}).values() for t in per.values() if t == t]
     if runs:
-        lines.append(f"Time of its {len(runs)} runs (training and evaluation), summed: {sum(runs) / 60:.0f} min.")
+        what = "training and evaluation" if split == "test" else f"evaluation on the {split} split of runs trained before"
+        lines.append(f"Time of its {len(runs)} runs ({what}), summed: {sum(runs) / 60:.0f} min.")
     return "\n".join(lines)
 
 

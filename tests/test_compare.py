@@ -76,6 +76,37 @@ def test_a_rerun_resumes_without_training_again(tiny_file, tmp_path, monkeypatch
     assert again["models"]["late fusion"]["per_seed"] == first["models"]["late fusion"]["per_seed"]
 
 
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_validation_split_is_evaluated_from_the_trained_runs_without_training_again(tiny_file, tmp_path):
+    from fsrf.training import load_weights, predict_split
+
+    data = load_mmsa(tiny_file)
+    kw = dict(seeds=[1], settings=TINY, rates=(0.0, 0.5), patterns=("l",), progress=False, log=None)
+    compare(data, _specs(), tmp_path, **kw)
+    run = tmp_path / "late-fusion" / "seed_1"
+    before = {f: _digest(run / f) for f in ("best.pt", "last.pt", "eval.json")}
+    test_table = (tmp_path / "comparison.md").read_text()
+    res = compare(data, _specs(), tmp_path, split="valid", **kw)
+    # the trained weights and the test results are untouched; the valid ones sit beside them
+    assert {f: _digest(run / f) for f in before} == before
+    assert (tmp_path / "comparison.md").read_text() == test_table and test_table.startswith("Test split")
+    for name in ("comparison.md", "results.json", "results.csv", "robustness.png"):
+        assert (tmp_path / "valid" / name).is_file()
+    assert (tmp_path / "valid" / "comparison.md").read_text().startswith("Valid split")
+    assert json.loads((run / "eval_valid.json").read_text())["protocol"]["split"] == "valid"
+    # at rate 0 the valid MAE is the plain MAE of the selected weights' predictions on the valid split
+    model = load_weights(_specs()[0], data.dims, run / "best.pt")
+    split = data.split("valid")
+    want = float(np.mean(np.abs(predict_split(model, split).astype(np.float64) - split.labels.astype(np.float64))))
+    assert res["models"]["late fusion"]["per_seed"]["1"]["intra"]["0.0"]["MAE"] == pytest.approx(want, rel=1e-5)
+    assert len(split) == 16 and res["meta"]["split"] == "valid"
+
+
 def test_a_rerun_with_another_model_under_the_same_name_is_refused(tiny_file, tmp_path):
     data = load_mmsa(tiny_file)
     kw = dict(seeds=[1], settings=TINY, rates=(0.0,), patterns=("l",), progress=False, log=None)
@@ -144,6 +175,8 @@ def test_bad_arguments_are_clear(tiny_file, tmp_path):
         compare(data, _specs(), tmp_path, seeds=[1, 1], log=None)
     with pytest.raises(TypeError, match=r"specs\[0\] must be"):
         compare(data, ["late fusion"], tmp_path, log=None)
+    with pytest.raises(ValueError, match=r"split must be one of \('test', 'valid'\); got 'train'"):
+        compare(data, _specs(), tmp_path, split="train", log=None)
 
 
 def test_cli_compare_runs_and_refuses_unknown_models(tiny_file, tmp_path, capsys):
@@ -157,3 +190,10 @@ def test_cli_compare_runs_and_refuses_unknown_models(tiny_file, tmp_path, capsys
     rc = cli.main(["compare", "--data", str(tiny_file), "--models", "fsrf,nope", "--out", str(tmp_path / "d")])
     assert rc == 2
     assert "--models takes 'all' or a comma list" in capsys.readouterr().err
+
+
+def test_cli_compare_split_choices_are_the_harness_splits():
+    from fsrf.cli.compare import SPLITS
+    from fsrf.training.comparison import EVAL_SPLITS
+
+    assert SPLITS == EVAL_SPLITS

@@ -96,6 +96,23 @@ def test_resume_refuses_other_settings(tiny_data, tmp_path):
         fit(data, tmp_path, config=CFG, settings=settings(epochs=2), seed=2, resume=True, log=None)
 
 
+def test_a_run_of_an_older_fsrf_resumes_when_its_config_is_the_one_asked_for(tiny_data, tmp_path):
+    from fsrf.config import FIRST_RECONSTRUCTION
+
+    data = load_mmsa(tiny_data)
+    old = CFG.replace(pool_norm=False, shared_pool="mean")
+    fit(data, tmp_path, config=old, settings=settings(epochs=1), seed=4, log=None)
+    # as an fsrf from before the two fields would have saved it
+    ck = load_checkpoint(tmp_path / "last.pt")
+    ck["model_config"] = {k: v for k, v in ck["model_config"].items() if k not in ("pool_norm", "shared_pool")}
+    save_checkpoint(ck, tmp_path / "last.pt")
+    assert {"pool_norm", "shared_pool"} <= set(FIRST_RECONSTRUCTION)
+    with pytest.raises(ValueError, match="another seed or model config"):
+        fit(data, tmp_path, config=CFG, settings=settings(epochs=2), seed=4, resume=True, log=None)
+    res = fit(data, tmp_path, config=old, settings=settings(epochs=2), seed=4, resume=True, log=None)
+    assert [h["epoch"] for h in res["history"]] == [0, 1]
+
+
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -7,7 +7,11 @@ import argparse
 
 from fsrf.cli._options import add_training_options, locked_output, model_config, train_settings
 
-__all__ = ["add_parser", "MODEL_KEYS"]
+__all__ = ["add_parser", "MODEL_KEYS", "SPLITS"]
+
+#: ``--split`` choices: :data:`fsrf.training.comparison.EVAL_SPLITS`, spelled out so that the command
+#: line starts without importing torch (a test keeps the two equal)
+SPLITS = ("test", "valid")
 
 #: ``--models`` keys -> the display names of :func:`fsrf.training.default_specs`, in its order
 #: (``all`` is every one but ``fsrf-first``, the method before docs/FSRF_METHOD.md §7).
@@ -45,8 +49,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = train_settings(args, {"epochs": 20})
     with locked_output(args.out):
         compare(data, specs, args.out, seeds=args.seeds, dataset=kind, settings=settings, rates=rates,
-                patterns=patterns, mask_seed=args.mask_seed, progress=args.progress)
-    print(f"wrote {args.out}/comparison.md, results.json, results.csv, robustness.png")
+                patterns=patterns, mask_seed=args.mask_seed, split=args.split, progress=args.progress)
+    where = args.out if args.split == "test" else f"{args.out}/{args.split}"
+    print(f"wrote {where}/comparison.md, results.json, results.csv, robustness.png")
     return 0
 
 
@@ -67,6 +72,10 @@ def add_parser(sub) -> None:
     p.add_argument("--rates", default="0:0.9:0.1", help="intra rates (default 0:0.9:0.1)")
     p.add_argument("--patterns", default="all", help="'all', 'none' or a comma list of l,a,v,la,lv,av,lav")
     p.add_argument("--mask-seed", type=int, default=1111, help="seed of the evaluation masks (default 1111)")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="split to evaluate (default test). 'valid' evaluates the runs of --out on the "
+                        "validation split, training only those not trained yet, and writes the tables to "
+                        "<out>/valid/: choose among variants there, report on test")
     p.add_argument("--out", required=True, help="output directory (reruns resume)")
     add_training_options(p)
     p.set_defaults(func=_run)

@@ -38,9 +38,13 @@ from fsrf.models import ModelSpec
 from fsrf.runtime.io import atomic_write_text
 
 __all__ = ["default_specs", "FIRST_NAME", "compare", "paired_tests", "summarise", "format_comparison", "GROUPS",
-           "DEFAULT_SEEDS"]
+           "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file"]
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+
+#: The splits :func:`compare` evaluates: the test split for the table one reports, the validation
+#: split for choosing among variants without looking at the test split.
+EVAL_SPLITS = ("test", "valid")
 
 #: Condition groups of the summary: name -> (protocol, predicate on the condition key).
 GROUPS: dict[str, tuple[str, Callable[[str], bool]]] = {
@@ -130,7 +134,8 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
         data: an :class:`fsrf.data.MMSADataset`.
         specs: the models (:class:`fsrf.models.ModelSpec`; :func:`default_specs` for the built-in set).
         out_dir: run folder; ``<model>/seed_<seed>/`` per run, ``results.json``, ``results.csv``,
-            ``robustness.png`` and ``comparison.md`` at the top.
+            ``robustness.png`` and ``comparison.md`` at the top (in ``<out_dir>/<split>/`` for a
+            split other than ``test``).
         seeds: training seeds (5 by default); every model uses each of them.
         dataset: ``mosi``/``mosei``/``sims`` (metrics); guessed from ``data`` when None.
         settings: :class:`fsrf.training.TrainSettings` shared by all models (a spec's ``train``
@@ -138,7 +143,10 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
         rates, patterns: evaluation conditions (default every rate 0.0..0.9 and the 7 patterns).
         mask_seed: seed of the evaluation masks, the same for every model and seed.
         reference: the model the paired tests compare with the others (default: the first spec).
-        split: the split evaluated (``test``).
+        split: the split evaluated: ``"test"`` (default) or ``"valid"``. Each split keeps its own
+            per-run file (``eval.json`` for test, ``eval_<split>.json`` otherwise), so the runs of a
+            folder trained for the test table are evaluated on the validation split without being
+            trained again: choose among variants on ``"valid"``, report them on ``"test"``.
         device: overrides ``settings.device``.
         progress: evaluation progress bars (``None``: only on a terminal); ``False`` also
             silences the per-epoch lines of training.
@@ -157,6 +165,8 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
 
     specs = _check_specs(specs)
     seeds = _check_seeds(list(seeds))
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}; got {split!r}")
     settings = settings or TrainSettings()
     if device is not None:
         settings = dataclasses.replace(settings, device=device)
@@ -179,7 +189,7 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     jobs = list(itertools.product(seeds, specs))  # seed-major: every seed's models finish together
     for k, (seed, spec) in enumerate(jobs, 1):
         run_dir = out / _slug(spec.name) / f"seed_{seed}"
-        done = run_dir / "eval.json"
+        done = run_dir / eval_file(split)
         made = _spec_record(spec)
         if done.is_file():
             rec = json.loads(done.read_text(encoding="utf-8"))
@@ -195,7 +205,8 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
                 continue
         t0 = time.perf_counter()
         run_settings = dataclasses.replace(settings, **dict(spec.train)) if spec.train else settings
-        say(f"[{k}/{len(jobs)}] training {spec.name}, seed {seed} -> {run_dir}")
+        verb = "resuming" if (run_dir / "last.pt").is_file() else "training"  # a finished run only reloads
+        say(f"[{k}/{len(jobs)}] {verb} {spec.name}, seed {seed} -> {run_dir}")
         res = fit(data, run_dir, model=spec, settings=run_settings, seed=seed, dataset=kind, resume=True,
                   log=None if progress is False else say)
         model = load_weights(spec, data.dims, run_dir / "best.pt", device=run_settings.device)
@@ -222,10 +233,18 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
                         "wall_seconds": round(time.perf_counter() - t_start, 1)}}
     results["summary"] = summarise(results)
     results["tests"] = paired_tests(results, reference)
-    write_results(results, out)
-    atomic_write_text(out / "comparison.md", format_comparison(results))
+    table_dir = out if split == "test" else out / split
+    table_dir.mkdir(parents=True, exist_ok=True)
+    write_results(results, table_dir)
+    atomic_write_text(table_dir / "comparison.md", format_comparison(results))
     say(format_comparison(results))
     return results
+
+
+def eval_file(split: str) -> str:
+    """The per-run results file of ``split``: ``eval.json`` for the test split (as before the
+    split could be chosen), ``eval_<split>.json`` for another."""
+    return "eval.json" if split == "test" else f"eval_{split}.json"
 
 
 def _metric_names(dataset: str | None) -> tuple[str, str]:
@@ -339,7 +358,8 @@ def format_comparison(results: Mapping[str, Any]) -> str:
     summary = results.get("summary") or summarise(results)
     tests = results.get("tests") or paired_tests(results, ref)
     seeds = meta.get("seeds", [])
-    lines = [f"Test split, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std over seeds; "
+    split = str(meta.get("split", "test"))
+    lines = [f"{split.capitalize()} split, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std over seeds; "
              f"p: paired t-test over seeds of {ref} vs. the row's model (exact sign-flip p in brackets).", ""]
     head = "| model |" + "".join(f" {g} {f1} | p | {g} {mae} | p |" for g in GROUPS)
     lines += [head, "|---|" + "---:|" * (4 * len(GROUPS))]

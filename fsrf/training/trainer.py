@@ -192,7 +192,15 @@ def _same_model(ck: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
         return False
     if kind is None:
         return ck.get("model_name") == ident["model_name"]
-    return ck.get("model_config") == ident["model_config"]
+    saved, asked = ck.get("model_config"), ident["model_config"]
+    if kind == "fsrf" and isinstance(saved, Mapping):
+        # a config saved before a field existed holds the value it had then (FSRFConfig.from_saved):
+        # a run of an older fsrf resumes, or is evaluated again, when it is the model asked for
+        try:
+            return FSRFConfig.from_saved(saved).to_dict() == FSRFConfig.from_saved(asked).to_dict()
+        except (TypeError, ValueError):
+            return False
+    return saved == asked
 
 
 # -- evaluation helpers used during training ---------------------------------------------------

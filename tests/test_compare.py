@@ -97,7 +97,7 @@ def test_the_validation_split_is_evaluated_from_the_trained_runs_without_trainin
     assert (tmp_path / "comparison.md").read_text() == test_table and test_table.startswith("Test split")
     for name in ("comparison.md", "results.json", "results.csv", "robustness.png"):
         assert (tmp_path / "valid" / name).is_file()
-    assert (tmp_path / "valid" / "comparison.md").read_text().startswith("Valid split")
+    assert (tmp_path / "valid" / "comparison.md").read_text().startswith("Validation split")
     assert json.loads((run / "eval_valid.json").read_text())["protocol"]["split"] == "valid"
     # at rate 0 the valid MAE is the plain MAE of the selected weights' predictions on the valid split
     model = load_weights(_specs()[0], data.dims, run / "best.pt")
@@ -197,3 +197,51 @@ def test_cli_compare_split_choices_are_the_harness_splits():
     from fsrf.training.comparison import EVAL_SPLITS
 
     assert SPLITS == EVAL_SPLITS
+
+
+def _fake_run(values, data):
+    """A compare-shaped results dict: values = {model: {seed: MAE at r = 0.0}} (F1 = 1 - MAE / 2)."""
+    models = {}
+    for name, per in values.items():
+        per_seed = {str(s): {"intra": {"0.0": {"MAE": v, "Has0_F1_score": 1 - v / 2}}} for s, v in per.items()}
+        models[name] = {"per_seed": per_seed}
+    meta = {"dataset": "mosei", "reference": "A", "split": "test", "rates": [0.0], "patterns": [], "data": data,
+            "seeds": sorted(next(iter(values.values())))}
+    return {"models": models, "meta": meta}
+
+
+def test_replicates_merge_into_one_comparison_over_every_draw():
+    from scipy import stats
+
+    from fsrf.training.comparison import format_comparison, merge_replicates
+
+    r1 = _fake_run({"A": {1: 0.70, 2: 0.72}, "B": {1: 0.71, 2: 0.75}}, "d1.pkl")
+    r2 = _fake_run({"A": {1: 0.66, 3: 0.69}, "B": {1: 0.70, 3: 0.69}}, "d2.pkl")
+    m = merge_replicates([r1, r2], labels=["d1", "d2"])
+    a, b = np.array([0.70, 0.72, 0.66, 0.69]), np.array([0.71, 0.75, 0.70, 0.69])
+    assert list(m["models"]["A"]["per_seed"]) == ["d1:1", "d1:2", "d2:1", "d2:3"]
+    assert m["models"]["B"]["mean"]["intra"]["0.0"]["MAE"] == pytest.approx(b.mean())
+    assert m["models"]["B"]["std"]["intra"]["0.0"]["MAE"] == pytest.approx(b.std(ddof=1))
+    t = m["tests"]["B"]["groups"]["intra r<0.5"]["MAE"]
+    assert t["n"] == 4 and t["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert [x["data"] for x in m["meta"]["replicates"]] == ["d1.pkl", "d2.pkl"]
+    assert format_comparison(m).startswith("Test split, 4 replicates, each its own data file")
+    assert list(merge_replicates([r1, r2])["models"]["A"]["per_seed"])[0] == "r1:1"
+
+
+def test_replicates_of_other_models_or_protocols_are_refused():
+    from fsrf.training.comparison import merge_replicates
+
+    r1 = _fake_run({"A": {1: 0.7}, "B": {1: 0.7}}, "d1.pkl")
+    with pytest.raises(ValueError, match="at least two"):
+        merge_replicates([r1])
+    with pytest.raises(ValueError, match=r"runs\[1\] holds the models \['A'\]"):
+        merge_replicates([r1, _fake_run({"A": {1: 0.7}}, "d2.pkl")])
+    other = _fake_run({"A": {1: 0.7}, "B": {1: 0.7}}, "d2.pkl")
+    other["meta"]["split"] = "valid"
+    with pytest.raises(ValueError, match=r"runs\[1\] has meta split='valid'; runs\[0\] has 'test'"):
+        merge_replicates([r1, other])
+    with pytest.raises(ValueError, match="distinct names"):
+        merge_replicates([r1, r1], labels=["x", "x"])
+    with pytest.raises(TypeError, match=r"runs\[1\] must be a results dict"):
+        merge_replicates([r1, {"models": {}}])

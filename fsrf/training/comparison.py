@@ -37,8 +37,8 @@ import numpy as np
 from fsrf.models import ModelSpec
 from fsrf.runtime.io import atomic_write_text
 
-__all__ = ["default_specs", "FIRST_NAME", "compare", "paired_tests", "summarise", "format_comparison", "GROUPS",
-           "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file"]
+__all__ = ["default_specs", "FIRST_NAME", "compare", "merge_replicates", "paired_tests", "summarise",
+           "format_comparison", "GROUPS", "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file"]
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 
@@ -241,6 +241,60 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     return results
 
 
+def merge_replicates(runs: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """One comparison from several :func:`compare` results of the same models on different data.
+
+    With a fixed test split the spread over training seeds leaves out the sampling of the data
+    itself, so two models that differ by less than the split's own sampling noise can come out in
+    either order on another draw. Replicates that each draw their data afresh (e.g. a synthetic
+    file per data seed, compared with one training seed each) carry that noise as well; merged,
+    every per-seed result becomes one replicate ``"<label>:<seed>"`` and the means, stds and paired
+    tests are taken over the replicates.
+
+    Args:
+        runs: results dicts (``results.json`` of :func:`compare`), with the same models in the same
+            order, the same reference, dataset, split, rates and patterns.
+        labels: one name per run (default ``r1``, ``r2``, ...), unique.
+
+    Returns a results dict as :func:`compare` writes it, with ``meta["replicates"]`` listing each
+    run's label, data file and seeds.
+    """
+    from fsrf.training.evaluation import aggregate_seeds
+
+    runs = list(runs)
+    if len(runs) < 2:
+        raise ValueError(f"runs must hold at least two comparison results to merge; got {len(runs)}")
+    labels = [f"r{i}" for i in range(1, len(runs) + 1)] if labels is None else [str(x) for x in labels]
+    if len(labels) != len(runs) or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be {len(runs)} distinct names, one per run; got {labels}")
+    first = runs[0]
+    names = list(first["models"])
+    keys = ("dataset", "reference", "split", "rates", "patterns")
+    for i, r in enumerate(runs):
+        if not isinstance(r, Mapping) or "models" not in r or "meta" not in r:
+            raise TypeError(f"runs[{i}] must be a results dict of compare (with 'models' and 'meta')")
+        if list(r["models"]) != names:
+            raise ValueError(f"runs[{i}] holds the models {list(r['models'])}; runs[0] holds {names}")
+        for k in keys:
+            if r["meta"].get(k) != first["meta"].get(k):
+                raise ValueError(f"runs[{i}] has meta {k}={r['meta'].get(k)!r}; runs[0] has {first['meta'].get(k)!r}")
+    models = {}
+    for n in names:
+        per = {f"{lab}:{seed}": res for lab, r in zip(labels, runs) for seed, res in r["models"][n]["per_seed"].items()}
+        models[n] = {"per_seed": per, **aggregate_seeds(per)}
+    seconds = {n: {f"{lab}:{k}": v for lab, r in zip(labels, runs)
+                   for k, v in r["meta"].get("seconds", {}).get(n, {}).items()} for n in names}
+    meta = {k: first["meta"].get(k) for k in keys}
+    meta.update({"seeds": list(models[names[0]]["per_seed"]), "settings": first["meta"].get("settings"),
+                 "specs": first["meta"].get("specs"), "seconds": seconds,
+                 "replicates": [{"label": lab, "data": r["meta"].get("data"), "seeds": r["meta"].get("seeds")}
+                                for lab, r in zip(labels, runs)]})
+    out = {"models": models, "meta": meta}
+    out["summary"] = summarise(out)
+    out["tests"] = paired_tests(out, meta["reference"])
+    return out
+
+
 def eval_file(split: str) -> str:
     """The per-run results file of ``split``: ``eval.json`` for the test split (as before the
     split could be chosen), ``eval_<split>.json`` for another."""
@@ -358,9 +412,14 @@ def format_comparison(results: Mapping[str, Any]) -> str:
     summary = results.get("summary") or summarise(results)
     tests = results.get("tests") or paired_tests(results, ref)
     seeds = meta.get("seeds", [])
-    split = str(meta.get("split", "test"))
-    lines = [f"{split.capitalize()} split, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std over seeds; "
-             f"p: paired t-test over seeds of {ref} vs. the row's model (exact sign-flip p in brackets).", ""]
+    split = {"test": "Test", "valid": "Validation"}.get(str(meta.get("split", "test")), str(meta.get("split")))
+    if meta.get("replicates"):
+        lines = [f"{split} split, {len(seeds)} replicates, each its own data file and training seed "
+                 f"({', '.join(map(str, seeds))}), mean ± std over replicates; p: paired t-test over replicates of "
+                 f"{ref} vs. the row's model (exact sign-flip p in brackets).", ""]
+    else:
+        lines = [f"{split} split, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std over seeds; "
+                 f"p: paired t-test over seeds of {ref} vs. the row's model (exact sign-flip p in brackets).", ""]
     head = "| model |" + "".join(f" {g} {f1} | p | {g} {mae} | p |" for g in GROUPS)
     lines += [head, "|---|" + "---:|" * (4 * len(GROUPS))]
     for name in results["models"]:

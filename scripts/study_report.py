@@ -30,9 +30,10 @@ def report(path: Path) -> str:
     split = r["meta"].get("split", "test")
     # a split other than test has its tables one folder down: <generator>/<split>/results.json
     gen = path.parent.parent.name if split != "test" and path.parent.name == split else path.parent.name
-    unit = "replicates (a data draw and a training seed each)" if r["meta"].get("replicates") else "seeds"
-    lines = [f"**{gen}** generator, {len(seeds)} {unit}, {split} split; p = paired t-test over "
-             f"{unit.split(' ')[0]} of {ref} vs. the row (two-sided).", ""]
+    unit = "replicates" if r["meta"].get("replicates") else "seeds"
+    what_unit = " (a data draw and a training seed each)" if unit == "replicates" else ""
+    lines = [f"**{gen}** generator, {len(seeds)} {unit}{what_unit}, {split} split; p = paired t-test over "
+             f"{unit} of {ref} vs. the row (two-sided).", ""]
     head = ["model"]
     for _, lab_g in GROUPS:
         for _, lab, _ in METRICS:
@@ -59,7 +60,7 @@ def report(path: Path) -> str:
                 gap = (others[bm] - mine) if best is max else (mine - others[bm])
                 if gap > sd:
                     worse.append(f"{kind} {cond} {lab}: {mine:.3f} vs. {bm} {others[bm]:.3f} (std {sd:.3f})")
-    lines += ["", f"Conditions where {ref} is behind the best baseline (its ablations included) by more than one std of its " + unit.split(" ")[0] + ": "
+    lines += ["", f"Conditions where {ref} is behind the best baseline (its ablations included) by more than one std of its {unit}: "
               + (f"{len(worse)} — " + "; ".join(worse) if worse else "none") + "."]
     # the runs' own times, summed: a resumed comparison's wall time counts only what it retrained
     runs = [t for per in r["meta"].get("seconds", {}).values() for t in per.values() if t == t]

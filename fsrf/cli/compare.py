@@ -36,7 +36,7 @@ def parse_models(spec: str) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     from fsrf.data import load_dataset
-    from fsrf.training.comparison import compare, default_specs
+    from fsrf.training.comparison import compare, default_specs, tables_dir
     from fsrf.training.evaluation import parse_patterns, parse_rates
 
     names = parse_models(args.models)
@@ -50,8 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     with locked_output(args.out):
         compare(data, specs, args.out, seeds=args.seeds, dataset=kind, settings=settings, rates=rates,
                 patterns=patterns, mask_seed=args.mask_seed, split=args.split, progress=args.progress)
-    where = args.out if args.split == "test" else f"{args.out}/{args.split}"
-    print(f"wrote {where}/comparison.md, results.json, results.csv, robustness.png")
+    print(f"wrote {tables_dir(args.out, args.split)}/comparison.md, results.json, results.csv, robustness.png")
     return 0
 
 

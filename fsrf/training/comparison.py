@@ -38,7 +38,7 @@ from fsrf.models import ModelSpec
 from fsrf.runtime.io import atomic_write_text
 
 __all__ = ["default_specs", "FIRST_NAME", "compare", "merge_replicates", "paired_tests", "summarise",
-           "format_comparison", "GROUPS", "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file"]
+           "format_comparison", "GROUPS", "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file", "tables_dir"]
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 
@@ -233,10 +233,9 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
                         "wall_seconds": round(time.perf_counter() - t_start, 1)}}
     results["summary"] = summarise(results)
     results["tests"] = paired_tests(results, reference)
-    table_dir = out if split == "test" else out / split
-    table_dir.mkdir(parents=True, exist_ok=True)
-    write_results(results, table_dir)
-    atomic_write_text(table_dir / "comparison.md", format_comparison(results))
+    tables = tables_dir(out, split)
+    write_results(results, tables)  # creates the folder
+    atomic_write_text(tables / "comparison.md", format_comparison(results))
     say(format_comparison(results))
     return results
 
@@ -267,12 +266,13 @@ def merge_replicates(runs: Sequence[Mapping[str, Any]], labels: Sequence[str] | 
     labels = [f"r{i}" for i in range(1, len(runs) + 1)] if labels is None else [str(x) for x in labels]
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be {len(runs)} distinct names, one per run; got {labels}")
+    for i, r in enumerate(runs):
+        if not isinstance(r, Mapping) or "models" not in r or "meta" not in r:
+            raise TypeError(f"runs[{i}] must be a results dict of compare (with 'models' and 'meta')")
     first = runs[0]
     names = list(first["models"])
     keys = ("dataset", "reference", "split", "rates", "patterns")
     for i, r in enumerate(runs):
-        if not isinstance(r, Mapping) or "models" not in r or "meta" not in r:
-            raise TypeError(f"runs[{i}] must be a results dict of compare (with 'models' and 'meta')")
         if list(r["models"]) != names:
             raise ValueError(f"runs[{i}] holds the models {list(r['models'])}; runs[0] holds {names}")
         for k in keys:
@@ -293,6 +293,12 @@ def merge_replicates(runs: Sequence[Mapping[str, Any]], labels: Sequence[str] | 
     out["summary"] = summarise(out)
     out["tests"] = paired_tests(out, meta["reference"])
     return out
+
+
+def tables_dir(out_dir, split: str) -> Path:
+    """Where :func:`compare` writes the tables of ``split``: ``out_dir`` for the test split,
+    ``out_dir/<split>`` for another."""
+    return Path(out_dir) if split == "test" else Path(out_dir) / split
 
 
 def eval_file(split: str) -> str:

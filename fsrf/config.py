@@ -70,6 +70,10 @@ class FSRFConfig:
         ``fusion_availability`` (the availability flags ``a_m`` enter the fusion MLP),
         ``pool_norm`` (a LayerNorm on each pooled ``z_m``, so that a mean over few observed frames,
         which is noisier, does not come out larger and push the predictions outwards; default),
+        ``pool_shrink`` (another answer to the same problem, not the default: each masked mean is
+        shrunk towards the running mean of the pooled features by the James-Stein estimate of its
+        noise share, :class:`fsrf.nn.ShrinkagePool`, so a well-observed mean keeps its size; needs
+        ``pool_norm=False``; both off: the plain masked mean),
         ``shared_pool`` (how the homogeneous codes of the available modalities combine into
         ``s̄``: ``"mean"``, or ``"gated"``, weights from a softmax over them of a learned score of
         each code, zero-initialised so that training starts from the mean; default),
@@ -135,6 +139,7 @@ class FSRFConfig:
     recovery_loss: str = "view+loo"
     pool_norm: bool = True
     shared_pool: str = "gated"
+    pool_shrink: bool = False
 
     global_batch: bool | None = None
     backend: str = "auto"
@@ -175,7 +180,7 @@ class FSRFConfig:
         _num("dropout", 0.0, 1.0)
         _num("attn_dropout", 0.0, 1.0)
         for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased", "rec_detach_target",
-                     "mmd_normalize", "fusion_availability", "pool_norm"):
+                     "mmd_normalize", "fusion_availability", "pool_norm", "pool_shrink"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
         for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov"):
@@ -195,6 +200,9 @@ class FSRFConfig:
         for name in ("orth_reduction", "hom_reduction"):
             if getattr(self, name) not in REDUCTIONS:
                 raise ValueError(f"FSRFConfig.{name} must be one of {REDUCTIONS}; got {getattr(self, name)!r}")
+        if self.pool_norm and self.pool_shrink:
+            raise ValueError("FSRFConfig.pool_norm and FSRFConfig.pool_shrink are two ways to pool; set at most one "
+                             "(pool_shrink=True needs pool_norm=False); got both True")
         if self.shared_pool not in SHARED_POOLS:
             raise ValueError(f"FSRFConfig.shared_pool must be one of {SHARED_POOLS}; got {self.shared_pool!r}")
         if self.recovery_loss not in RECOVERY_LOSSES:

@@ -4,7 +4,8 @@
 # data seed 0), so the spread over replicates holds the sampling of the data as well as of the
 # training; then merges the replicates into OUT/<generator>/ (scripts/merge_replicates.py).
 # Usage: scripts/replicates.sh [OUT] (default replicates/); DATA_SEEDS (default "1 2 3 4 5"),
-# GENERATORS, N_TRAIN and MODELS (default all but fsrf-first) as in study.sh. Reruns resume.
+# GENERATORS, N_TRAIN and MODELS (default all but fsrf-first) as in study.sh; CONFIG, an FSRFConfig
+# JSON file for the FSRF models (fsrf compare --config). Reruns resume.
 set -euo pipefail
 OUT=${1:-replicates}
 MODELS=${MODELS:-all}
@@ -15,7 +16,7 @@ for gen in ${GENERATORS:-factor events}; do
     mkdir -p "$OUT/$gen"
     [ -f "$OUT/$gen/d$d.pkl" ] || fsrf make-synthetic --preset mosei --generator "$gen" --n-train "${N_TRAIN:-800}" \
       --n-valid 200 --n-test 400 --seed "$d" --out "$OUT/$gen/d$d.pkl"
-    fsrf compare --data "$OUT/$gen/d$d.pkl" --models "$MODELS" --seeds $((1110 + d)) \
+    fsrf compare --data "$OUT/$gen/d$d.pkl" --models "$MODELS" ${CONFIG:+--config "$CONFIG"} --seeds $((1110 + d)) \
       --epochs 12 --patience 4 --no-progress --out "$OUT/$gen/d$d"
     runs+=("$OUT/$gen/d$d")
   done

@@ -2,7 +2,8 @@
 
 Two gloo processes on B/2 rows each, with DDP's gradient average done by hand, must give the
 loss and the gradients of one process on all B rows: the DHF constraints (centring,
-standardisation, the homogeneous MMD with its bandwidth) and DAS's KL batch mean and MMD. The
+standardisation, the homogeneous MMD with its bandwidth), DAS's KL batch mean and MMD, and the
+running estimates of the shrinkage pooling. The
 reference is the same layer run on the whole batch in one process.
 """
 
@@ -15,7 +16,8 @@ from fsrf.runtime.distributed import gather_rows, global_batch_active, world_siz
 
 DIMS = {"text": 6, "audio": 5, "vision": 4}
 B = 12
-CFG = dict(d_model=8, num_heads=2, dropout=0.0)
+# the shrinkage pooling adds its running estimates to the batch statistics (the LayerNorm has none)
+CFG = dict(d_model=8, num_heads=2, dropout=0.0, pool_norm=False, pool_shrink=True)
 
 
 def _data():
@@ -62,7 +64,8 @@ def _worker(rank, world, init, rows, out_path):
             grads[name] = g / world  # what DDP does
         if rank == 0:
             torch.save({"loss": loss.detach(), "parts": {k: v.detach() for k, v in parts.items()},
-                        "grads": grads, "world": world_size(), "active": global_batch_active(None)}, out_path)
+                        "grads": grads, "world": world_size(), "active": global_batch_active(None),
+                        "buffers": dict(layer.named_buffers())}, out_path)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -82,6 +85,9 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path, rows)
     for k, v in parts.items():
         torch.testing.assert_close(got["parts"][k], v.detach(), rtol=1e-5, atol=1e-7, msg=k)
     torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-7)
+    # the pooling's running estimates too (so the pooled features the losses see agree)
+    for name, buf in layer.named_buffers():
+        torch.testing.assert_close(got["buffers"][name], buf, rtol=1e-10, atol=1e-12, msg=name)
     # every term here is a global statistic, so the gradients agree for unequal shards as well
     for name, p in layer.named_parameters():
         ref = p.grad if p.grad is not None else torch.zeros_like(p)

@@ -55,7 +55,8 @@ def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
     ("recovery_loss", "loo", ValueError), ("aux_warmup_steps", -1, ValueError),
     ("aux_warmup_steps", 2.5, TypeError), ("modality_dropout", 1.5, ValueError),
     ("rec_detach_target", 1, TypeError), ("mmd_normalize", "yes", TypeError),
-    ("fusion_availability", None, TypeError), ("pool_norm", "on", TypeError), ("shared_pool", "max", ValueError)])
+    ("fusion_availability", None, TypeError), ("pool_norm", "on", TypeError), ("shared_pool", "max", ValueError),
+    ("pool_shrink", 1, TypeError)])
 def test_bad_switch_values_are_refused_by_name(field, value, exc):
     with pytest.raises(exc, match=field):
         FSRFConfig(**{field: value})
@@ -195,6 +196,41 @@ def test_pool_norm_is_a_layer_norm_of_the_masked_mean_and_keeps_missing_modaliti
         avail = masks[m].any(1)
         torch.testing.assert_close(got.pooled[m][avail], want[avail], rtol=1e-10, atol=1e-10)
         assert torch.equal(got.pooled[m][~avail], torch.zeros_like(got.pooled[m][~avail]))
+
+
+@pytest.mark.parametrize("dhf", [True, False])
+def test_pool_shrink_shrinks_the_masked_mean_by_its_evidence_and_keeps_missing_modalities_zero(dhf):
+    inputs, masks, _ = _batch(dtype=torch.float64)
+    for m in DIMS:  # a few frames dropped as well, so the rows differ in their evidence
+        masks[m][::2, -1] = False
+    plain = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf, pool_norm=False)).double().eval()
+    shrink = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=dhf, pool_norm=False, pool_shrink=True)).double().eval()
+    missing = shrink.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(f"pool_shrink.{m}.{b}" for m in DIMS for b in ("center", "noise_var", "tracked"))
+    with torch.no_grad():
+        for i, m in enumerate(DIMS):  # estimates as training would have left them
+            shrink.pool_shrink[m].center.copy_(torch.linspace(-0.3, 0.3, SMALL["d_model"]) * (i + 1))
+            shrink.pool_shrink[m].noise_var.fill_(2.0 + i)
+        raw, got = plain(inputs, masks), shrink(inputs, masks)
+    for i, m in enumerate(DIMS):
+        mu, n = raw.pooled[m], masks[m].sum(1, keepdim=True).double()
+        center, var = shrink.pool_shrink[m].center, shrink.pool_shrink[m].noise_var
+        d = SMALL["d_model"]
+        dist2 = ((mu - center) ** 2).sum(-1, keepdim=True)
+        want = center + (1 - (d - 2) * var / (n * d) / dist2).clamp_min(0) * (mu - center)
+        avail = masks[m].any(1)
+        torch.testing.assert_close(got.pooled[m][avail], want[avail], rtol=1e-10, atol=1e-10)
+        assert torch.equal(got.pooled[m][~avail], torch.zeros_like(got.pooled[m][~avail]))
+
+
+def test_the_two_poolings_exclude_each_other_and_a_config_saved_before_the_switch_keeps_the_layer_norm():
+    with pytest.raises(ValueError, match="pool_shrink=True needs pool_norm=False"):
+        FSRFConfig(pool_shrink=True)
+    saved = {k: v for k, v in FSRFConfig().to_dict().items() if k != "pool_shrink"}
+    cfg = FSRFConfig.from_saved(saved)
+    assert cfg.pool_norm and not cfg.pool_shrink
+    layer = FSRFLayer(DIMS, config=cfg.replace(**SMALL))
+    assert hasattr(layer, "pool_ln") and not hasattr(layer, "pool_shrink")
 
 
 def test_the_gated_shared_code_is_a_softmax_over_the_available_modalities_against_a_float64_loop():

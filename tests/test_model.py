@@ -157,10 +157,12 @@ def every_pattern_batch(seed=0):
     return inputs, masks, labels
 
 
-def test_training_loss_compiles_without_graph_breaks_or_host_syncs():
+@pytest.mark.parametrize("pooling", [{}, {"pool_norm": False, "pool_shrink": True}], ids=["layernorm", "shrink"])
+def test_training_loss_compiles_without_graph_breaks_or_host_syncs(pooling):
     # The whole objective (both views, DAS, every DHF term, masks with every missing pattern) is
-    # one graph: no boolean indexing, no .item(), no check reading a flag back to the host.
-    model = FSRFModel(DIMS, config=FSRFConfig(**SMALL)).train()
+    # one graph: no boolean indexing, no .item(), no check reading a flag back to the host. The
+    # shrinkage pooling updates its running estimates inside that graph.
+    model = FSRFModel(DIMS, config=FSRFConfig(**SMALL, **pooling)).train()
     inputs, masks, labels = every_pattern_batch()
     explained = torch._dynamo.explain(model.training_loss)(inputs, masks, labels)
     assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons]
@@ -178,10 +180,13 @@ def test_compiled_training_loss_matches_eager():
     inputs, masks, labels = every_pattern_batch(seed=1)
     del inputs["vision"], masks["vision"]
     params = [p for p in model.parameters()]
+    start = {k: v.clone() for k, v in model.named_buffers()}
 
     def step(fn):
         torch.manual_seed(7)  # the same dropout and the same second view in both runs
-        model.steps.zero_()   # and the same point of the warm-up
+        with torch.no_grad():  # the same point of the warm-up and the same pooling estimates
+            for k, v in model.named_buffers():
+                v.copy_(start[k])
         loss, parts = fn(inputs, masks, labels)
         return loss.detach(), parts, torch.autograd.grad(loss, params, allow_unused=True)
 

@@ -19,6 +19,7 @@ PUBLIC = [
     ("fsrf.get_backend", "fsrf.runtime.backend"), ("fsrf.use_backend", "fsrf.runtime.backend"),
     ("fsrf.set_check_finite", "fsrf.runtime.backend"),
     ("fsrf.nn.MaskedCrossModalAttention", "fsrf.nn.attention"), ("fsrf.nn.FSRFLayer", "fsrf.nn.layer"),
+    ("fsrf.nn.ShrinkagePool", "fsrf.nn.pooling"),
     ("fsrf.ops.masked_cross_attention", "fsrf.ops.masked_cross_attention"),
     ("fsrf.ops.orthogonality_loss", "fsrf.ops.orthogonality"),
     ("fsrf.ops.decorrelation_loss", "fsrf.ops.decorrelation"),

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fsrf import ops
 from fsrf.config import FSRFConfig
 from fsrf.nn.attention import MaskedCrossModalAttention
+from fsrf.nn.pooling import ShrinkagePool
 from fsrf.runtime.backend import check_finite_enabled
 from fsrf.runtime.checks import is_tracing
 from fsrf.runtime.distributed import gather_rows, global_batch_active
@@ -124,6 +125,8 @@ class FSRFLayer(nn.Module):
                                    for m in self.modalities})
         if cfg.pool_norm:
             self.pool_ln = nn.ModuleDict({m: nn.LayerNorm(d) for m in self.modalities})
+        if cfg.pool_shrink:
+            self.pool_shrink = nn.ModuleDict({m: ShrinkagePool(d, global_batch=cfg.global_batch) for m in self.modalities})
         if cfg.dhf:
             self.enc_hom = _mlp(d, df, df, cfg.dropout)  # one encoder shared by all modalities (§2)
             self.enc_het = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
@@ -282,6 +285,11 @@ class FSRFLayer(nn.Module):
             kv = torch.cat([u[n] for n in others], dim=1)
             kv_mask = torch.cat([k[n] for n in others], dim=1)
             c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
+            if cfg.pool_shrink:
+                # a mean over few or noisy frames is pulled towards the typical one by its own
+                # evidence; a missing modality comes out exactly 0
+                z[m] = self.pool_shrink[m](c, k[m])
+                continue
             w = k[m].unsqueeze(-1).to(c.dtype)
             z[m] = (c * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
             if cfg.pool_norm:

@@ -1,0 +1,111 @@
+"""``ShrinkagePool``: masked mean pooling whose mean is shrunk by its own evidence
+(docs/FSRF_METHOD.md §1.3 and §7, ``pool_shrink``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fsrf.runtime.distributed import gather_rows, global_batch_active
+
+__all__ = ["ShrinkagePool", "shrunk_mean"]
+
+
+def shrunk_mean(c: Tensor, mask: Tensor, center: Tensor, noise_var: Tensor) -> Tensor:
+    """The masked mean of ``c`` (B, T, d) over the frames where ``mask`` (B, T) is True, shrunk
+    towards ``center`` (d,) by the positive-part James-Stein estimator::
+
+        mu = mean of the n observed frames,   delta = mu - center
+        z  = center + f * delta,              f = max(0, 1 - (d - 2) / d * (noise_var / n) / |delta|^2)
+
+    when the n frames carry independent noise of total variance ``noise_var`` (summed over the d
+    features), so that ``noise_var / n`` is the noise of the mean. ``|delta|^2`` holds the
+    sample's signal plus that noise; ``f`` is one minus the estimated share of noise in it, the
+    empirical-Bayes posterior mean under an isotropic Gaussian prior around ``center``. A mean
+    over many frames is kept nearly as it is; a mean over few is pulled in, the more the noisier
+    the frames, down to the centre itself when it is no farther from it than noise would put it.
+    ``d <= 2`` does not shrink. A row with no observed frame gets 0 (and a zero gradient).
+    Computed in float32 at least; returned in ``c``'s dtype.
+    """
+    acc = torch.promote_types(c.dtype, torch.float32)
+    w = mask.to(acc)
+    n = w.sum(dim=1, keepdim=True)  # (B, 1)
+    mu = (c.to(acc) * w.unsqueeze(-1)).sum(dim=1) / n.clamp_min(1.0)
+    delta = mu - center.to(acc)
+    signal = delta.pow(2).sum(dim=-1, keepdim=True)
+    noise = noise_var.to(acc) / n.clamp_min(1.0)
+    # the tiny floor only matters for a row whose mean is exactly the centre and noise 0
+    d = c.shape[-1]
+    # positive-part James-Stein: 1 - (d - 2) sigma_1^2 / |delta|^2 with sigma_1^2 = noise / d the
+    # variance of one feature of the mean. The floor keeps a mean at the centre (and an empty row)
+    # finite with a zero gradient: there f is 0 and the row is the centre
+    f = (1.0 - max(d - 2, 0) / d * noise / signal.clamp_min(torch.finfo(acc).eps)).clamp_min(0.0)
+    return ((center.to(acc) + f * delta) * (n > 0).to(acc)).to(c.dtype)
+
+
+class ShrinkagePool(nn.Module):
+    """Masked mean pooling with the empirical-Bayes shrinkage of :func:`shrunk_mean`.
+
+    The centre and the frames' noise variance are running estimates kept as buffers, as
+    :class:`torch.nn.BatchNorm1d` keeps its statistics, so the output of one sample never depends
+    on the rest of its batch at inference: in training each forward updates
+
+    * ``center``, the mean of the pooled vectors of the samples with at least one frame, and
+    * ``noise_var``, the mean over samples with at least two frames of the unbiased within-sample
+      variance of the frames, summed over features,
+
+    each by an exponential average (``momentum``, as BatchNorm's) that starts as the cumulative
+    average of the batches seen, so the first batch sets it whatever the initial value. Under
+    ``torch.distributed`` with ``global_batch`` active the statistics are taken over the rows
+    of every process. In eval mode nothing is updated.
+
+    Args:
+        dim: feature width d.
+        momentum: weight of a new batch in the running estimates, in (0, 1].
+        global_batch: as :attr:`fsrf.FSRFConfig.global_batch`.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int; got {dim!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be a number in (0, 1]; got {momentum!r}")
+        self.dim, self.momentum, self.global_batch = dim, float(momentum), global_batch
+        self.register_buffer("center", torch.zeros(dim))
+        # frames leave the per-frame LayerNorm of the projection with unit variance per feature
+        self.register_buffer("noise_var", torch.tensor(float(dim)))
+        self.register_buffer("tracked", torch.zeros(2, dtype=torch.long))  # batches behind each estimate
+
+    def forward(self, c: Tensor, mask: Tensor) -> Tensor:
+        """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d)."""
+        if c.dim() != 3 or c.shape[-1] != self.dim:
+            raise ValueError(f"c must be (B, T, {self.dim}); got {tuple(c.shape)}")
+        if mask.shape != c.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(c.shape[:2])}; "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        if self.training:
+            self._update(c, mask)
+        return shrunk_mean(c, mask, self.center, self.noise_var)
+
+    @torch.no_grad()
+    def _update(self, c: Tensor, mask: Tensor) -> None:
+        acc = torch.promote_types(c.dtype, torch.float32)
+        cf, w = c.detach().to(acc), mask.to(acc)
+        n = w.sum(dim=1)
+        mu = (cf * w.unsqueeze(-1)).sum(dim=1) / n.clamp_min(1.0).unsqueeze(-1)
+        within = ((cf - mu.unsqueeze(1)).pow(2).sum(dim=-1) * w).sum(dim=1) / (n - 1.0).clamp_min(1.0)
+        if global_batch_active(self.global_batch):
+            n, mu, within = gather_rows(n), gather_rows(mu), gather_rows(within)
+        has, two = (n > 0).to(acc), (n > 1).to(acc)
+        got = torch.stack([has.sum(), two.sum()]) > 0  # does this batch inform each estimate?
+        self.tracked += got.long()
+        # cumulative average for the first 1/momentum batches, then exponential
+        mom = torch.clamp(1.0 / self.tracked.clamp_min(1).to(acc), min=self.momentum) * got.to(acc)
+        mean = (mu * has.unsqueeze(-1)).sum(dim=0) / has.sum().clamp_min(1.0)
+        var = (within * two).sum() / two.sum().clamp_min(1.0)
+        self.center += (mom[0] * (mean - self.center.to(acc))).to(self.center.dtype)
+        self.noise_var += (mom[1] * (var - self.noise_var.to(acc))).to(self.noise_var.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, momentum={self.momentum}"

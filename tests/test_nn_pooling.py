@@ -171,3 +171,7 @@ def test_bad_inputs_are_refused_by_name():
         pool(c, mask.float())
     with pytest.raises(ValueError, match="mask must be a bool"):
         pool(c, mask[:, :3])
+    with pytest.raises(TypeError, match="c must be a torch.Tensor; got list"):
+        pool(c.tolist(), mask)
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor; got ndarray"):
+        pool(c, mask.numpy())

@@ -27,20 +27,29 @@ def shrunk_mean(c: Tensor, mask: Tensor, center: Tensor, noise_var: Tensor) -> T
     ``d <= 2`` does not shrink. A row with no observed frame gets 0 (and a zero gradient).
     Computed in float32 at least; returned in ``c``'s dtype.
     """
+    mu, n = _masked_mean(c, mask)
+    return _shrink(mu, n, center, noise_var).to(c.dtype)
+
+
+def _masked_mean(c: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean (B, d) of the observed frames and their count (B, 1), in float32 at least."""
     acc = torch.promote_types(c.dtype, torch.float32)
     w = mask.to(acc)
-    n = w.sum(dim=1, keepdim=True)  # (B, 1)
-    mu = (c.to(acc) * w.unsqueeze(-1)).sum(dim=1) / n.clamp_min(1.0)
-    delta = mu - center.to(acc)
+    n = w.sum(dim=1, keepdim=True)
+    return (c.to(acc) * w.unsqueeze(-1)).sum(dim=1) / n.clamp_min(1.0), n
+
+
+def _shrink(mu: Tensor, n: Tensor, center: Tensor, noise_var: Tensor) -> Tensor:
+    center = center.to(mu.dtype)
+    delta = mu - center
     signal = delta.pow(2).sum(dim=-1, keepdim=True)
-    noise = noise_var.to(acc) / n.clamp_min(1.0)
-    # the tiny floor only matters for a row whose mean is exactly the centre and noise 0
-    d = c.shape[-1]
+    noise = noise_var.to(mu.dtype) / n.clamp_min(1.0)
+    d = mu.shape[-1]
     # positive-part James-Stein: 1 - (d - 2) sigma_1^2 / |delta|^2 with sigma_1^2 = noise / d the
     # variance of one feature of the mean. The floor keeps a mean at the centre (and an empty row)
     # finite with a zero gradient: there f is 0 and the row is the centre
-    f = (1.0 - max(d - 2, 0) / d * noise / signal.clamp_min(torch.finfo(acc).eps)).clamp_min(0.0)
-    return ((center.to(acc) + f * delta) * (n > 0).to(acc)).to(c.dtype)
+    f = (1.0 - max(d - 2, 0) / d * noise / signal.clamp_min(torch.finfo(mu.dtype).eps)).clamp_min(0.0)
+    return (center + f * delta) * (n > 0).to(mu.dtype)
 
 
 class ShrinkagePool(nn.Module):
@@ -79,22 +88,24 @@ class ShrinkagePool(nn.Module):
 
     def forward(self, c: Tensor, mask: Tensor) -> Tensor:
         """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d)."""
+        for name, x in (("c", c), ("mask", mask)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
         if c.dim() != 3 or c.shape[-1] != self.dim:
             raise ValueError(f"c must be (B, T, {self.dim}); got {tuple(c.shape)}")
         if mask.shape != c.shape[:2] or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor of shape {tuple(c.shape[:2])}; "
                              f"got {mask.dtype} {tuple(mask.shape)}")
+        mu, n = _masked_mean(c, mask)  # one pass, shared by the estimates and the output
         if self.training:
-            self._update(c, mask)
-        return shrunk_mean(c, mask, self.center, self.noise_var)
+            self._update(c, mask, mu.detach(), n)
+        return _shrink(mu, n, self.center, self.noise_var).to(c.dtype)
 
     @torch.no_grad()
-    def _update(self, c: Tensor, mask: Tensor) -> None:
-        acc = torch.promote_types(c.dtype, torch.float32)
-        cf, w = c.detach().to(acc), mask.to(acc)
-        n = w.sum(dim=1)
-        mu = (cf * w.unsqueeze(-1)).sum(dim=1) / n.clamp_min(1.0).unsqueeze(-1)
-        within = ((cf - mu.unsqueeze(1)).pow(2).sum(dim=-1) * w).sum(dim=1) / (n - 1.0).clamp_min(1.0)
+    def _update(self, c: Tensor, mask: Tensor, mu: Tensor, n: Tensor) -> None:
+        acc = mu.dtype
+        w, n = mask.to(acc), n.squeeze(-1)
+        within = ((c.to(acc) - mu.unsqueeze(1)).pow(2).sum(dim=-1) * w).sum(dim=1) / (n - 1.0).clamp_min(1.0)
         if global_batch_active(self.global_batch):
             n, mu, within = gather_rows(n), gather_rows(mu), gather_rows(within)
         has, two = (n > 0).to(acc), (n > 1).to(acc)

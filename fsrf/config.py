@@ -7,13 +7,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["FSRFConfig", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "REDUCTIONS", "RECOVERY_LOSSES", "SHARED_POOLS", "TASK_LOSSES"]
+__all__ = ["FSRFConfig", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES",
+           "SHARED_POOLS", "TASK_LOSSES"]
 
 KL_STOP_GRAD = ("both", "none", "richer")
 TASK_LOSSES = ("l1", "mse")
 REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
 SHARED_POOLS = ("mean", "gated")
+PRIVATE_POOLS = ("same", "shrink")
 
 #: The fields whose defaults changed after the multi-seed studies of docs/FSRF_METHOD.md §7, with
 #: the values of the first reconstruction. A saved config that lacks one of them was written
@@ -29,6 +31,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "recovery_loss": "view",
     "pool_norm": False,
     "shared_pool": "mean",
+    "private_pool": "same",
 }
 
 
@@ -74,6 +77,11 @@ class FSRFConfig:
         shrunk towards the running mean of the pooled features by the James-Stein estimate of its
         noise share, :class:`fsrf.nn.ShrinkagePool`, so a well-observed mean keeps its size; needs
         ``pool_norm=False``; both off: the plain masked mean),
+        ``private_pool`` (what the heterogeneous and noise encoders read: ``"shrink"``, the masked
+        mean shrunk as ``pool_shrink`` shrinks it, while the homogeneous encoder and the
+        reconstruction target keep ``z_m``, default; or ``"same"``, the ``z_m`` the homogeneous
+        encoder reads; no effect without ``dhf``, or with ``pool_shrink``, where every encoder reads
+        the shrunk mean already),
         ``shared_pool`` (how the homogeneous codes of the available modalities combine into
         ``s̄``: ``"mean"``, or ``"gated"``, weights from a softmax over them of a learned score of
         each code, zero-initialised so that training starts from the mean; default),
@@ -140,6 +148,7 @@ class FSRFConfig:
     pool_norm: bool = True
     shared_pool: str = "gated"
     pool_shrink: bool = False
+    private_pool: str = "shrink"
 
     global_batch: bool | None = None
     backend: str = "auto"
@@ -203,6 +212,8 @@ class FSRFConfig:
         if self.pool_norm and self.pool_shrink:
             raise ValueError("FSRFConfig.pool_norm and FSRFConfig.pool_shrink are two ways to pool; set at most one "
                              "(pool_shrink=True needs pool_norm=False); got both True")
+        if self.private_pool not in PRIVATE_POOLS:
+            raise ValueError(f"FSRFConfig.private_pool must be one of {PRIVATE_POOLS}; got {self.private_pool!r}")
         if self.shared_pool not in SHARED_POOLS:
             raise ValueError(f"FSRFConfig.shared_pool must be one of {SHARED_POOLS}; got {self.shared_pool!r}")
         if self.recovery_loss not in RECOVERY_LOSSES:

@@ -56,7 +56,7 @@ def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
     ("aux_warmup_steps", 2.5, TypeError), ("modality_dropout", 1.5, ValueError),
     ("rec_detach_target", 1, TypeError), ("mmd_normalize", "yes", TypeError),
     ("fusion_availability", None, TypeError), ("pool_norm", "on", TypeError), ("shared_pool", "max", ValueError),
-    ("pool_shrink", 1, TypeError)])
+    ("pool_shrink", 1, TypeError), ("private_pool", "ln", ValueError), ("private_pool", True, ValueError)])
 def test_bad_switch_values_are_refused_by_name(field, value, exc):
     with pytest.raises(exc, match=field):
         FSRFConfig(**{field: value})
@@ -231,6 +231,51 @@ def test_the_two_poolings_exclude_each_other_and_a_config_saved_before_the_switc
     assert cfg.pool_norm and not cfg.pool_shrink
     layer = FSRFLayer(DIMS, config=cfg.replace(**SMALL))
     assert hasattr(layer, "pool_ln") and not hasattr(layer, "pool_shrink")
+
+
+def test_private_pool_shrink_feeds_the_private_encoders_the_shrunk_mean_and_leaves_the_shared_path_alone():
+    inputs, masks, _ = _batch(dtype=torch.float64)
+    for m in DIMS:
+        masks[m][::2, -1] = False
+    same = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, private_pool="same")).double().eval()
+    split = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, private_pool="shrink")).double().eval()
+    raw_layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, pool_norm=False, private_pool="same")).double().eval()
+    missing = split.load_state_dict(same.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(f"pool_private.{m}.{b}" for m in DIMS for b in ("center", "noise_var", "tracked"))
+    raw_layer.load_state_dict(same.state_dict(), strict=False)
+    with torch.no_grad():
+        for i, m in enumerate(DIMS):
+            split.pool_private[m].center.copy_(torch.linspace(-0.2, 0.4, SMALL["d_model"]) * (i + 1))
+            split.pool_private[m].noise_var.fill_(1.5 + i)
+        ref, got, raw = same(inputs, masks), split(inputs, masks), raw_layer(inputs, masks)
+        d = SMALL["d_model"]
+        for i, m in enumerate(DIMS):
+            avail = masks[m].any(1)
+            # the shared path: z_m, s_m and the reconstruction target are those of the LayerNorm pooling
+            torch.testing.assert_close(got.pooled[m], ref.pooled[m], rtol=0, atol=0)
+            torch.testing.assert_close(got.homogeneous[m][avail], ref.homogeneous[m][avail], rtol=0, atol=0)
+            # the private path reads the James-Stein shrunk masked mean, from a float64 formula
+            mu, n = raw.pooled[m], masks[m].sum(1, keepdim=True).double()
+            center, var = split.pool_private[m].center, split.pool_private[m].noise_var
+            dist2 = ((mu - center) ** 2).sum(-1, keepdim=True)
+            zp = center + (1 - (d - 2) * var / (n.clamp_min(1) * d) / dist2).clamp_min(0) * (mu - center)
+            zp = torch.where(avail.unsqueeze(-1), zp, torch.zeros_like(zp))
+            torch.testing.assert_close(got.noise[m], split.enc_noise[m](zp), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(got.heterogeneous[m][avail], split.enc_het[m](zp)[avail], rtol=1e-10, atol=1e-10)
+            assert not torch.allclose(got.noise[m][avail], ref.noise[m][avail])
+    # without the factorization there is no private path, so the switch changes nothing
+    no_dhf = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, dhf=False, private_pool="shrink"))
+    assert not hasattr(no_dhf, "pool_private")
+
+
+def test_an_old_config_reads_private_pool_as_same_and_pool_shrink_makes_it_moot():
+    saved = {k: v for k, v in FSRFConfig().to_dict().items() if k != "private_pool"}
+    cfg = FSRFConfig.from_saved(saved)
+    assert cfg.private_pool == "same"
+    assert not hasattr(FSRFLayer(DIMS, config=cfg.replace(**SMALL)), "pool_private")
+    # every encoder reads the shrunk mean already: no second pooling is built
+    both = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, pool_norm=False, pool_shrink=True, private_pool="shrink"))
+    assert hasattr(both, "pool_shrink") and not hasattr(both, "pool_private")
 
 
 def test_the_gated_shared_code_is_a_softmax_over_the_available_modalities_against_a_float64_loop():

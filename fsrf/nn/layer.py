@@ -118,6 +118,8 @@ class FSRFLayer(nn.Module):
         self.modality_dims = dict(modality_dims)
         d, df = cfg.d_model, cfg.factor_dim
         M = len(self.modalities)
+        # with pool_shrink every encoder reads the shrunk mean already
+        self._private_shrink = cfg.dhf and cfg.private_pool == "shrink" and not cfg.pool_shrink
 
         self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m)) for m, D in modality_dims.items()})
         self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
@@ -131,6 +133,9 @@ class FSRFLayer(nn.Module):
             self.enc_hom = _mlp(d, df, df, cfg.dropout)  # one encoder shared by all modalities (§2)
             self.enc_het = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
             self.enc_noise = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
+            if self._private_shrink:
+                self.pool_private = nn.ModuleDict({m: ShrinkagePool(d, global_batch=cfg.global_batch)
+                                                   for m in self.modalities})
             self.dec = nn.ModuleDict({m: _mlp(3 * df, d, d, cfg.dropout) for m in self.modalities})
             self.recover_het = nn.ModuleDict({m: _mlp(df, df, df, cfg.dropout) for m in self.modalities})
             if cfg.shared_pool == "gated":
@@ -279,12 +284,16 @@ class FSRFLayer(nn.Module):
         available = torch.stack([k[m].any(dim=1) for m in names], dim=1)  # (B, M)
 
         # §1.2 masked cross-modal attention, §1.3 masked mean pooling
-        z = {}
+        z, z_private = {}, {}
         for i, m in enumerate(names):
             others = [n for n in names if n != m]
             kv = torch.cat([u[n] for n in others], dim=1)
             kv_mask = torch.cat([k[n] for n in others], dim=1)
             c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
+            if self._private_shrink:
+                # what is particular to one modality is read from a mean whose noise was shrunk by its
+                # own evidence; what is shared is read from the normalised z_m as before
+                z_private[m] = self.pool_private[m](c, k[m])
             if cfg.pool_shrink:
                 # a mean over few or noisy frames is pulled towards the typical one by its own
                 # evidence; a missing modality comes out exactly 0
@@ -307,8 +316,9 @@ class FSRFLayer(nn.Module):
 
         # §2 factorization
         s = {m: self.enc_hom(z[m]) for m in names}
-        p = {m: self.enc_het[m](z[m]) for m in names}
-        n = {m: self.enc_noise[m](z[m]) for m in names}
+        zp = z_private or z
+        p = {m: self.enc_het[m](zp[m]) for m in names}
+        n = {m: self.enc_noise[m](zp[m]) for m in names}
 
         # §3 recovery: s̄ over available modalities; missing parts substituted
         a = available.to(s[names[0]].dtype)

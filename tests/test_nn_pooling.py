@@ -175,3 +175,25 @@ def test_bad_inputs_are_refused_by_name():
         pool(c.tolist(), mask)
     with pytest.raises(TypeError, match="mask must be a torch.Tensor; got ndarray"):
         pool(c, mask.numpy())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_return_mean_gives_the_plain_masked_mean_beside_the_same_output(training):
+    c, mask = _frames()
+    pool, twin = ShrinkagePool(D).double(), ShrinkagePool(D).double()
+    pool.train(training), twin.train(training)
+    z, mean = pool(c, mask, return_mean=True)
+    torch.testing.assert_close(z, twin(c, mask), rtol=0, atol=0)
+    for name in ("center", "noise_var", "tracked"):  # the running estimates move as without it
+        torch.testing.assert_close(getattr(pool, name), getattr(twin, name), rtol=0, atol=0)
+    want = torch.zeros(c.shape[0], D, dtype=torch.float64)
+    for b in range(c.shape[0]):
+        if mask[b].any():
+            want[b] = c[b][mask[b]].mean(0)
+    torch.testing.assert_close(mean, want, rtol=1e-12, atol=1e-12)
+
+
+def test_return_mean_must_be_a_bool():
+    c, mask = _frames(dtype=torch.float32)
+    with pytest.raises(TypeError, match="return_mean must be a bool; got int 1"):
+        ShrinkagePool(D)(c, mask, return_mean=1)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from fsrf import ops
 from fsrf.config import FSRFConfig
 from fsrf.nn.attention import MaskedCrossModalAttention
-from fsrf.nn.pooling import ShrinkagePool
+from fsrf.nn.pooling import ShrinkagePool, _masked_mean
 from fsrf.runtime.backend import check_finite_enabled
 from fsrf.runtime.checks import is_tracing
 from fsrf.runtime.distributed import gather_rows, global_batch_active
@@ -290,17 +290,18 @@ class FSRFLayer(nn.Module):
             kv = torch.cat([u[n] for n in others], dim=1)
             kv_mask = torch.cat([k[n] for n in others], dim=1)
             c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
-            if self._private_shrink:
-                # what is particular to one modality is read from a mean whose noise was shrunk by its
-                # own evidence; what is shared is read from the normalised z_m as before
-                z_private[m] = self.pool_private[m](c, k[m])
             if cfg.pool_shrink:
                 # a mean over few or noisy frames is pulled towards the typical one by its own
                 # evidence; a missing modality comes out exactly 0
                 z[m] = self.pool_shrink[m](c, k[m])
                 continue
-            w = k[m].unsqueeze(-1).to(c.dtype)
-            z[m] = (c * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+            if self._private_shrink:
+                # what is particular to one modality is read from a mean whose noise was shrunk by its
+                # own evidence; what is shared is read from the normalised z_m as before. One pass
+                # over the frames gives both means.
+                z_private[m], z[m] = self.pool_private[m](c, k[m], return_mean=True)
+            else:
+                z[m] = _masked_mean(c, k[m])[0].to(c.dtype)
             if cfg.pool_norm:
                 # the mean of few frames is noisier and so larger; normalised, its noise shrinks the
                 # signal's share instead of adding to it. A missing modality stays exactly 0.

@@ -86,11 +86,17 @@ class ShrinkagePool(nn.Module):
         self.register_buffer("noise_var", torch.tensor(float(dim)))
         self.register_buffer("tracked", torch.zeros(2, dtype=torch.long))  # batches behind each estimate
 
-    def forward(self, c: Tensor, mask: Tensor) -> Tensor:
-        """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d)."""
+    def forward(self, c: Tensor, mask: Tensor, return_mean: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d).
+
+        ``return_mean=True`` returns ``(shrunk, mean)``, the plain masked mean (0 for a row with no
+        frame) beside the output, for a caller that needs both: it is the pass the shrinkage makes
+        anyway."""
         for name, x in (("c", c), ("mask", mask)):
             if not isinstance(x, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        if not isinstance(return_mean, bool):
+            raise TypeError(f"return_mean must be a bool; got {type(return_mean).__name__} {return_mean!r}")
         if c.dim() != 3 or c.shape[-1] != self.dim:
             raise ValueError(f"c must be (B, T, {self.dim}); got {tuple(c.shape)}")
         if mask.shape != c.shape[:2] or mask.dtype != torch.bool:
@@ -99,7 +105,8 @@ class ShrinkagePool(nn.Module):
         mu, n = _masked_mean(c, mask)  # one pass, shared by the estimates and the output
         if self.training:
             self._update(c, mask, mu.detach(), n)
-        return _shrink(mu, n, self.center, self.noise_var).to(c.dtype)
+        z = _shrink(mu, n, self.center, self.noise_var).to(c.dtype)
+        return (z, mu.to(c.dtype)) if return_mean else z
 
     @torch.no_grad()
     def _update(self, c: Tensor, mask: Tensor, mu: Tensor, n: Tensor) -> None:

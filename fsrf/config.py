@@ -15,7 +15,7 @@ TASK_LOSSES = ("l1", "mse")
 REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
 SHARED_POOLS = ("mean", "gated")
-PRIVATE_POOLS = ("same", "shrink")
+PRIVATE_POOLS = ("same", "shrink", "wiener")
 
 #: The fields whose defaults changed after the multi-seed studies of docs/FSRF_METHOD.md §7, with
 #: the values of the first reconstruction. A saved config that lacks one of them was written
@@ -79,8 +79,10 @@ class FSRFConfig:
         ``pool_norm=False``; both off: the plain masked mean),
         ``private_pool`` (what the heterogeneous and noise encoders read: ``"shrink"``, the masked
         mean shrunk as ``pool_shrink`` shrinks it, while the homogeneous encoder and the
-        reconstruction target keep ``z_m``, default; or ``"same"``, the ``z_m`` the homogeneous
-        encoder reads; no effect without ``dhf``, or with ``pool_shrink``, where every encoder reads
+        reconstruction target keep ``z_m``, default; ``"wiener"``, the masked mean shrunk feature by
+        feature by the posterior-mean factor of the population's running signal and noise variances,
+        :class:`fsrf.nn.WienerPool` (a trial, not the default); or ``"same"``, the ``z_m`` the
+        homogeneous encoder reads; no effect without ``dhf``, or with ``pool_shrink``, where every encoder reads
         the shrunk mean already),
         ``shared_pool`` (how the homogeneous codes of the available modalities combine into
         ``s̄``: ``"mean"``, or ``"gated"``, weights from a softmax over them of a learned score of

@@ -156,7 +156,7 @@ def test_loss_terms_present_and_positive():
     torch.testing.assert_close(out.aux_loss, expect)
 
 
-@pytest.mark.parametrize("private_pool", ["shrink", "same"])
+@pytest.mark.parametrize("private_pool", ["shrink", "wiener", "same"])
 @pytest.mark.parametrize("key", ["orth", "dered", "hom", "rec"])
 def test_each_loss_decreases_when_optimised_alone(key, private_pool):
     torch.manual_seed(3)

@@ -268,6 +268,38 @@ def test_private_pool_shrink_feeds_the_private_encoders_the_shrunk_mean_and_leav
     assert not hasattr(no_dhf, "pool_private")
 
 
+def test_private_pool_wiener_feeds_the_private_encoders_the_per_feature_posterior_mean():
+    inputs, masks, _ = _batch(dtype=torch.float64)
+    for m in DIMS:
+        masks[m][::2, -1] = False
+    same = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, private_pool="same")).double().eval()
+    wiener = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, private_pool="wiener")).double().eval()
+    raw_layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, pool_norm=False, private_pool="same")).double().eval()
+    missing = wiener.load_state_dict(same.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(f"pool_private.{m}.{b}" for m in DIMS
+                                     for b in ("center", "noise_var", "signal_var", "tracked"))
+    raw_layer.load_state_dict(same.state_dict(), strict=False)
+    d = SMALL["d_model"]
+    with torch.no_grad():
+        for i, m in enumerate(DIMS):
+            wiener.pool_private[m].center.copy_(torch.linspace(-0.2, 0.4, d) * (i + 1))
+            wiener.pool_private[m].noise_var.copy_(torch.linspace(0.5, 3.0, d) + i)
+            wiener.pool_private[m].signal_var.copy_(torch.linspace(-0.1, 1.5, d))
+        ref, got, raw = same(inputs, masks), wiener(inputs, masks), raw_layer(inputs, masks)
+        for m in DIMS:
+            avail = masks[m].any(1)
+            torch.testing.assert_close(got.pooled[m], ref.pooled[m], rtol=0, atol=0)
+            torch.testing.assert_close(got.homogeneous[m][avail], ref.homogeneous[m][avail], rtol=0, atol=0)
+            pool = wiener.pool_private[m]
+            mu, n = raw.pooled[m], masks[m].sum(1, keepdim=True).double().clamp_min(1)
+            tau2 = pool.signal_var.clamp_min(0)
+            zp = pool.center + tau2 / (tau2 + pool.noise_var / n) * (mu - pool.center)
+            zp = torch.where(avail.unsqueeze(-1), zp, torch.zeros_like(zp))
+            torch.testing.assert_close(got.noise[m], wiener.enc_noise[m](zp), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(got.heterogeneous[m][avail], wiener.enc_het[m](zp)[avail],
+                                       rtol=1e-10, atol=1e-10)
+
+
 def test_an_old_config_reads_private_pool_as_same_and_pool_shrink_makes_it_moot():
     saved = {k: v for k, v in FSRFConfig().to_dict().items() if k != "private_pool"}
     cfg = FSRFConfig.from_saved(saved)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from fsrf import ops
 from fsrf.config import FSRFConfig
 from fsrf.nn.attention import MaskedCrossModalAttention
-from fsrf.nn.pooling import ShrinkagePool, _masked_mean
+from fsrf.nn.pooling import ShrinkagePool, WienerPool, _masked_mean
 from fsrf.runtime.backend import check_finite_enabled
 from fsrf.runtime.checks import is_tracing
 from fsrf.runtime.distributed import gather_rows, global_batch_active
@@ -119,7 +119,7 @@ class FSRFLayer(nn.Module):
         d, df = cfg.d_model, cfg.factor_dim
         M = len(self.modalities)
         # with pool_shrink every encoder reads the shrunk mean already
-        self._private_shrink = cfg.dhf and cfg.private_pool == "shrink" and not cfg.pool_shrink
+        self._private_shrink = cfg.dhf and cfg.private_pool != "same" and not cfg.pool_shrink
 
         self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m)) for m, D in modality_dims.items()})
         self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
@@ -134,8 +134,8 @@ class FSRFLayer(nn.Module):
             self.enc_het = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
             self.enc_noise = nn.ModuleDict({m: _mlp(d, df, df, cfg.dropout) for m in self.modalities})
             if self._private_shrink:
-                self.pool_private = nn.ModuleDict({m: ShrinkagePool(d, global_batch=cfg.global_batch)
-                                                   for m in self.modalities})
+                pool = ShrinkagePool if cfg.private_pool == "shrink" else WienerPool
+                self.pool_private = nn.ModuleDict({m: pool(d, global_batch=cfg.global_batch) for m in self.modalities})
             self.dec = nn.ModuleDict({m: _mlp(3 * df, d, d, cfg.dropout) for m in self.modalities})
             self.recover_het = nn.ModuleDict({m: _mlp(df, df, df, cfg.dropout) for m in self.modalities})
             if cfg.shared_pool == "gated":

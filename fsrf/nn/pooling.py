@@ -53,7 +53,73 @@ def _shrink(mu: Tensor, n: Tensor, center: Tensor, noise_var: Tensor) -> Tensor:
     return (center + f * delta) * (n > 0).to(mu.dtype)
 
 
-class ShrinkagePool(nn.Module):
+class _RunningPool(nn.Module):
+    """What both poolings share: argument checks, the running ``center`` and ``noise_var`` with
+    their batch counts ``tracked``, the one pass that gives the masked mean, and its update. A
+    subclass sets how the mean is shrunk (``_pool``) and may estimate more in ``_update``."""
+
+    #: the frames' noise variance per feature (d,) or summed over features (a scalar)
+    _per_feature_noise = False
+
+    def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int; got {dim!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be a number in (0, 1]; got {momentum!r}")
+        self.dim, self.momentum, self.global_batch = dim, float(momentum), global_batch
+        self.register_buffer("center", torch.zeros(dim))
+        # frames leave the per-frame LayerNorm of the projection with unit variance per feature
+        self.register_buffer("noise_var", torch.ones(dim) if self._per_feature_noise else torch.tensor(float(dim)))
+        self.register_buffer("tracked", torch.zeros(2, dtype=torch.long))  # batches behind each estimate
+
+    def forward(self, c: Tensor, mask: Tensor, return_mean: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d).
+
+        ``return_mean=True`` returns ``(shrunk, mean)``, the plain masked mean (0 for a row with no
+        frame) beside the output, for a caller that needs both: it is the pass the shrinkage makes
+        anyway."""
+        _check_pool_inputs(c, mask, return_mean, self.dim)
+        mu, n = _masked_mean(c, mask)  # one pass, shared by the estimates and the output
+        if self.training:
+            self._update(c, mask, mu.detach(), n)
+        z = self._pool(mu, n).to(c.dtype)
+        return (z, mu.to(c.dtype)) if return_mean else z
+
+    def _pool(self, mu: Tensor, n: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _update(self, c: Tensor, mask: Tensor, mu: Tensor, n: Tensor):
+        """Updates ``center`` and ``noise_var``; returns what a subclass needs for its own
+        estimates: the (gathered) counts and means, the batch's centre, its noise estimate and
+        the momentum of each estimate."""
+        acc = mu.dtype
+        w, n = mask.to(acc), n.squeeze(-1)
+        dev2 = (c.to(acc) - mu.unsqueeze(1)).pow(2)
+        # (B, d) per feature, else (B, 1) summed over features first, as the scalar estimate always was
+        dev2 = dev2 * w.unsqueeze(-1) if self._per_feature_noise else dev2.sum(dim=-1, keepdim=True) * w.unsqueeze(-1)
+        within = dev2.sum(dim=1) / (n - 1.0).clamp_min(1.0).unsqueeze(-1)
+        if global_batch_active(self.global_batch):
+            n, mu, within = gather_rows(n), gather_rows(mu), gather_rows(within)
+        has, two = (n > 0).to(acc), (n > 1).to(acc)
+        got = torch.stack([has.sum(), two.sum()]) > 0  # does this batch inform each estimate?
+        self.tracked += got.long()
+        # cumulative average for the first 1/momentum batches, then exponential
+        mom = torch.clamp(1.0 / self.tracked.clamp_min(1).to(acc), min=self.momentum) * got.to(acc)
+        mean = (mu * has.unsqueeze(-1)).sum(dim=0) / has.sum().clamp_min(1.0)
+        var = (within * two.unsqueeze(-1)).sum(dim=0) / two.sum().clamp_min(1.0)
+        if not self._per_feature_noise:
+            var = var.squeeze(0)
+        self.center += (mom[0] * (mean - self.center.to(acc))).to(self.center.dtype)
+        self.noise_var += (mom[1] * (var - self.noise_var.to(acc))).to(self.noise_var.dtype)
+        return n, mu, has, two, mean, var, mom
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, momentum={self.momentum}"
+
+
+class ShrinkagePool(_RunningPool):
     """Masked mean pooling with the empirical-Bayes shrinkage of :func:`shrunk_mean`.
 
     The centre and the frames' noise variance are running estimates kept as buffers, as
@@ -75,50 +141,8 @@ class ShrinkagePool(nn.Module):
         global_batch: as :attr:`fsrf.FSRFConfig.global_batch`.
     """
 
-    def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
-        super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int; got {dim!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be a number in (0, 1]; got {momentum!r}")
-        self.dim, self.momentum, self.global_batch = dim, float(momentum), global_batch
-        self.register_buffer("center", torch.zeros(dim))
-        # frames leave the per-frame LayerNorm of the projection with unit variance per feature
-        self.register_buffer("noise_var", torch.tensor(float(dim)))
-        self.register_buffer("tracked", torch.zeros(2, dtype=torch.long))  # batches behind each estimate
-
-    def forward(self, c: Tensor, mask: Tensor, return_mean: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d).
-
-        ``return_mean=True`` returns ``(shrunk, mean)``, the plain masked mean (0 for a row with no
-        frame) beside the output, for a caller that needs both: it is the pass the shrinkage makes
-        anyway."""
-        _check_pool_inputs(c, mask, return_mean, self.dim)
-        mu, n = _masked_mean(c, mask)  # one pass, shared by the estimates and the output
-        if self.training:
-            self._update(c, mask, mu.detach(), n)
-        z = _shrink(mu, n, self.center, self.noise_var).to(c.dtype)
-        return (z, mu.to(c.dtype)) if return_mean else z
-
-    @torch.no_grad()
-    def _update(self, c: Tensor, mask: Tensor, mu: Tensor, n: Tensor) -> None:
-        acc = mu.dtype
-        w, n = mask.to(acc), n.squeeze(-1)
-        within = ((c.to(acc) - mu.unsqueeze(1)).pow(2).sum(dim=-1) * w).sum(dim=1) / (n - 1.0).clamp_min(1.0)
-        if global_batch_active(self.global_batch):
-            n, mu, within = gather_rows(n), gather_rows(mu), gather_rows(within)
-        has, two = (n > 0).to(acc), (n > 1).to(acc)
-        got = torch.stack([has.sum(), two.sum()]) > 0  # does this batch inform each estimate?
-        self.tracked += got.long()
-        # cumulative average for the first 1/momentum batches, then exponential
-        mom = torch.clamp(1.0 / self.tracked.clamp_min(1).to(acc), min=self.momentum) * got.to(acc)
-        mean = (mu * has.unsqueeze(-1)).sum(dim=0) / has.sum().clamp_min(1.0)
-        var = (within * two).sum() / two.sum().clamp_min(1.0)
-        self.center += (mom[0] * (mean - self.center.to(acc))).to(self.center.dtype)
-        self.noise_var += (mom[1] * (var - self.noise_var.to(acc))).to(self.noise_var.dtype)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, momentum={self.momentum}"
+    def _pool(self, mu: Tensor, n: Tensor) -> Tensor:
+        return _shrink(mu, n, self.center, self.noise_var)
 
 
 def wiener_mean(c: Tensor, mask: Tensor, center: Tensor, noise_var: Tensor, signal_var: Tensor) -> Tensor:
@@ -151,7 +175,7 @@ def _wiener(mu: Tensor, n: Tensor, center: Tensor, noise_var: Tensor, signal_var
     return (center + f * (mu - center)) * (n > 0).to(mu.dtype)
 
 
-class WienerPool(nn.Module):
+class WienerPool(_RunningPool):
     """Masked mean pooling with the per-feature posterior-mean shrinkage of :func:`wiener_mean`.
 
     Three running estimates are kept as buffers, as :class:`ShrinkagePool` keeps its two, so the
@@ -176,45 +200,21 @@ class WienerPool(nn.Module):
         global_batch: as :attr:`fsrf.FSRFConfig.global_batch`.
     """
 
-    def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
-        super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int; got {dim!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be a number in (0, 1]; got {momentum!r}")
-        self.dim, self.momentum, self.global_batch = dim, float(momentum), global_batch
-        self.register_buffer("center", torch.zeros(dim))
-        # frames leave the per-frame LayerNorm of the projection with unit variance per feature
-        self.register_buffer("noise_var", torch.ones(dim))
-        self.register_buffer("signal_var", torch.ones(dim))
-        self.register_buffer("tracked", torch.zeros(2, dtype=torch.long))  # batches behind each estimate
+    _per_feature_noise = True
 
-    def forward(self, c: Tensor, mask: Tensor, return_mean: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``c`` (B, T, d) frames, ``mask`` (B, T) bool (True = observed) → (B, d); with
-        ``return_mean=True`` ``(shrunk, mean)``, the plain masked mean beside it, as
-        :meth:`ShrinkagePool.forward`."""
-        _check_pool_inputs(c, mask, return_mean, self.dim)
-        mu, n = _masked_mean(c, mask)
-        if self.training:
-            self._update(c, mask, mu.detach(), n)
-        z = _wiener(mu, n, self.center, self.noise_var, self.signal_var).to(c.dtype)
-        return (z, mu.to(c.dtype)) if return_mean else z
+    def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
+        super().__init__(dim, momentum, global_batch)
+        self.register_buffer("signal_var", torch.ones(dim))
+
+    def _pool(self, mu: Tensor, n: Tensor) -> Tensor:
+        return _wiener(mu, n, self.center, self.noise_var, self.signal_var)
 
     @torch.no_grad()
-    def _update(self, c: Tensor, mask: Tensor, mu: Tensor, n: Tensor) -> None:
+    def _update(self, c: Tensor, mask: Tensor, mu: Tensor, n: Tensor):
+        n, mu, has, two, mean, var, mom = super()._update(c, mask, mu, n)
         acc = mu.dtype
-        w, n = mask.to(acc), n.squeeze(-1)
-        within = ((c.to(acc) - mu.unsqueeze(1)).pow(2) * w.unsqueeze(-1)).sum(dim=1) / (n - 1.0).clamp_min(1.0).unsqueeze(-1)
-        if global_batch_active(self.global_batch):
-            n, mu, within = gather_rows(n), gather_rows(mu), gather_rows(within)
-        has, two = (n > 0).to(acc), (n > 1).to(acc)
         H = has.sum()
-        got = torch.stack([H, two.sum()]) > 0
-        self.tracked += got.long()
-        mom = torch.clamp(1.0 / self.tracked.clamp_min(1).to(acc), min=self.momentum) * got.to(acc)
-        mean = (mu * has.unsqueeze(-1)).sum(dim=0) / H.clamp_min(1.0)
-        var = (within * two.unsqueeze(-1)).sum(dim=0) / two.sum().clamp_min(1.0)
-        # the batch's own noise estimate where it has one, so the signal part is not biased by a stale one
+        # the batch's own noise estimate where it has one (a batch without one left noise_var as it was)
         sig2 = torch.where(two.sum() > 0, var, self.noise_var.to(acc))
         between = ((mu - mean).pow(2) * has.unsqueeze(-1)).sum(dim=0) / (H - 1.0).clamp_min(1.0)
         explained = (sig2.unsqueeze(0) / n.clamp_min(1.0).unsqueeze(-1) * has.unsqueeze(-1)).sum(dim=0) / H.clamp_min(1.0)
@@ -222,12 +222,7 @@ class WienerPool(nn.Module):
         tau2 = between - explained
         # the between-sample variance needs two samples; one sample informs the centre only
         m_sig = mom[0] * (H > 1).to(acc)
-        self.center += (mom[0] * (mean - self.center.to(acc))).to(self.center.dtype)
         self.signal_var += (m_sig * (tau2 - self.signal_var.to(acc))).to(self.signal_var.dtype)
-        self.noise_var += (mom[1] * (var - self.noise_var.to(acc))).to(self.noise_var.dtype)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, momentum={self.momentum}"
 
 
 def _check_pool_inputs(c, mask, return_mean, dim: int) -> None:

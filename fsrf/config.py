@@ -32,6 +32,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "pool_norm": False,
     "shared_pool": "mean",
     "private_pool": "same",
+    "dequantize_labels": False,
 }
 
 
@@ -59,7 +60,11 @@ class FSRFConfig:
         ``mmd_kernel_mul``, ``mmd_unbiased``, ``kl_temperature`` (T = 2), ``kl_stop_grad``
         (``"both"``: the target side of each KL direction is detached; ``"none"``: nothing is
         detached; ``"richer"``: only the richer view A is detached, so knowledge flows A → B in
-        both directions), ``task_loss`` (``"l1"`` or ``"mse"``).
+        both directions), ``task_loss`` (``"l1"`` or ``"mse"``), ``dequantize_labels`` (in
+        training, the task loss sees each label plus ``U(-h, h)`` noise, ``h`` half the step of the
+        labels' annotation grid as estimated from the training labels,
+        :class:`fsrf.models.label_grid.LabelDequantizer`; default, §7 eighth round; ``False``: the
+        labels as given).
     Optimisation balance (§7; ``FSRFConfig.first_reconstruction()`` restores the first values)
         ``rec_detach_target`` (reconstruct a detached ``z_m``, default ``True``),
         ``orth_reduction`` / ``hom_reduction`` (``"mean"``: average the orthogonality pair terms
@@ -135,6 +140,7 @@ class FSRFConfig:
     kl_temperature: float = 2.0
     kl_stop_grad: str = "both"
     task_loss: str = "l1"
+    dequantize_labels: bool = True
 
     view_rate: float | None = None
     view_inter_prob: float = 0.3
@@ -191,7 +197,7 @@ class FSRFConfig:
         _num("dropout", 0.0, 1.0)
         _num("attn_dropout", 0.0, 1.0)
         for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased", "rec_detach_target",
-                     "mmd_normalize", "fusion_availability", "pool_norm", "pool_shrink"):
+                     "mmd_normalize", "fusion_availability", "pool_norm", "pool_shrink", "dequantize_labels"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
         for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov"):

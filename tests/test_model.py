@@ -58,7 +58,9 @@ def test_task_loss_matches_l1_and_mse_definitions():
     inputs, masks, labels = batch(B=6)
     for kind in ("l1", "mse"):
         # no modality dropout: view A is then the batch itself
-        model = FSRFModel(DIMS, config=FSRFConfig(**SMALL, task_loss=kind, das=False, modality_dropout=0.0))
+        # and the labels as given (the dequantized labels: tests/test_models_label_grid.py)
+        model = FSRFModel(DIMS, config=FSRFConfig(**SMALL, task_loss=kind, das=False, modality_dropout=0.0,
+                                                  dequantize_labels=False))
         _, parts = model.training_loss(inputs, masks, labels)
         pred = model(inputs, masks).detach().double()
         err = pred - labels.double()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf.config import FSRFConfig
+from fsrf.models.label_grid import LabelDequantizer
 from fsrf.models.pretrained import PretrainedMixin
 from fsrf.nn.layer import FSRFLayer, FSRFOutput
 
@@ -34,6 +35,8 @@ class FSRFModel(PretrainedMixin, nn.Module):
         # training steps taken, for the warm-up of the auxiliary weights; saved so that a resumed
         # run continues the ramp where it stopped
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # only with the switch on, so that the state dict of every other config is unchanged
+        self.dequantize = LabelDequantizer() if self.config.dequantize_labels else None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -41,6 +44,10 @@ class FSRFModel(PretrainedMixin, nn.Module):
         key = prefix + "steps"
         if key not in state_dict:
             state_dict[key] = torch.zeros((), dtype=torch.long)
+        # a checkpoint trained without dequantize_labels: the grid step is estimated afresh
+        key = prefix + "dequantize.step"
+        if self.dequantize is not None and key not in state_dict:
+            state_dict[key] = torch.full((), float("inf"))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -86,7 +93,9 @@ class FSRFModel(PretrainedMixin, nn.Module):
         two views so their weights mean the same with and without DAS. With ``das=False`` only
         view A is used. Every auxiliary weight is multiplied by :meth:`aux_scale`, which ramps
         from 0 to 1 over ``config.aux_warmup_steps`` training steps; each call in training mode
-        counts one step.
+        counts one step. With ``config.dequantize_labels`` the task loss of both views sees the
+        labels plus one draw of :class:`fsrf.models.label_grid.LabelDequantizer` noise (training
+        mode only).
 
         Returns ``(loss, parts)``; ``parts`` holds detached 0-dim tensors ``task_a``, ``task_b``,
         ``orth``, ``dered``, ``hom``, ``rec``, ``loo`` (leave-one-out recovery, 0 unless
@@ -111,6 +120,8 @@ class FSRFModel(PretrainedMixin, nn.Module):
         if labels.shape != pred_a.shape:
             raise ValueError(f"labels must have shape {tuple(pred_a.shape)} (one per sample); got {tuple(labels.shape)}")
         labels = labels.to(pred_a.device)
+        if self.dequantize is not None:
+            labels = self.dequantize(labels, generator)  # one draw per step, shared by both views
         zero = pred_a.new_zeros((), dtype=torch.float32)
         parts = {"task_a": self._task(pred_a, labels)}
         views = [out_a]

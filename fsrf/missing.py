@@ -51,6 +51,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from fsrf.runtime.checks import check_generator
+
 __all__ = ["MODALITY_LETTERS", "PATTERNS", "ALL_PATTERNS", "COMPLETE", "UNK_ID", "CLS_ID", "SEP_ID",
            "DEFAULT_EVAL_SEED", "pattern_modalities", "drop_frames", "remove_modalities", "lnln_rates",
            "lnln_drop", "LNLNSampler", "tfr_drop", "corrupt_split", "corrupt"]
@@ -408,14 +410,7 @@ def corrupt(inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor
         fixed = [_check_rate_scalar(rate[m], f"rate[{m!r}]") for m in names]
     else:
         fixed = [_check_rate_scalar(rate, "rate")] * M
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
-        gdev = generator.device
-        if gdev.type != "cpu" and gdev != dev:
-            raise ValueError(f"generator is on {gdev} but the inputs are on {dev}; use a generator on {dev} or on the CPU")
-    else:
-        gdev = dev
+    gdev = check_generator(generator, dev)
 
     # no generator argument at all when there is none: the generator overloads of rand/randint
     # take no symbolic sizes, which torch.compile uses once batch shapes vary

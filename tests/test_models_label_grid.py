@@ -129,6 +129,18 @@ def test_bad_labels_are_refused_by_name(bad, exc):
         LabelDequantizer().train()(bad)
 
 
+def test_a_bad_generator_is_refused_by_name():
+    with pytest.raises(TypeError, match="generator"):
+        LabelDequantizer().train()(torch.zeros(3), generator=5)
+
+
+def test_integer_labels_still_train_the_model():
+    model = FSRFModel(DIMS, FSRFConfig(d_model=8, num_heads=2, das=False)).train()
+    inputs, masks, _ = _batch()
+    loss, _ = model.training_loss(inputs, masks, torch.arange(24) % 3 - 1)
+    assert torch.isfinite(loss) and float(model.dequantize.step) == 1.0
+
+
 def test_it_compiles_into_one_graph():
     dq = LabelDequantizer().train()
     compiled = torch.compile(dq, fullgraph=True, backend="eager")

@@ -121,7 +121,8 @@ class FSRFModel(PretrainedMixin, nn.Module):
             raise ValueError(f"labels must have shape {tuple(pred_a.shape)} (one per sample); got {tuple(labels.shape)}")
         labels = labels.to(pred_a.device)
         if self.dequantize is not None:
-            labels = self.dequantize(labels, generator)  # one draw per step, shared by both views
+            # one draw per step, shared by both views; float first, as the task loss takes any real labels
+            labels = self.dequantize(labels.float(), generator)
         zero = pred_a.new_zeros((), dtype=torch.float32)
         parts = {"task_a": self._task(pred_a, labels)}
         views = [out_a]

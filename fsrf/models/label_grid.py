@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fsrf.runtime.checks import check_generator, check_tensor
+
 __all__ = ["LabelDequantizer"]
 
 #: Two labels closer than this count as the same grid value (float32 storage of thirds and fifths
@@ -50,20 +52,18 @@ class LabelDequantizer(nn.Module):
             generator: a ``torch.Generator`` on the labels' device or on the CPU, or None (torch's
                 default generator of the labels' device; the only choice inside ``torch.compile``).
         """
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels must be a torch.Tensor of shape (B,); got {type(labels).__name__}")
-        if labels.dim() != 1 or not labels.is_floating_point():
+        check_tensor(labels, "labels", ndim=1, floating=False)
+        if not labels.is_floating_point():
             raise ValueError(f"labels must be a 1-D floating tensor; got shape {tuple(labels.shape)}, {labels.dtype}")
         y = labels.float()
         if not self.training:
             return y
+        gdev = check_generator(generator, y.device)
         if y.numel() > 1:
             s = torch.sort(y).values
             gap = s[1:] - s[:-1]
-            gap = torch.where(gap > TIE_TOL, gap, torch.full_like(gap, float("inf")))
-            self.step.copy_(torch.minimum(self.step, gap.min().to(self.step.device)))
-        if generator is None:
-            u = torch.rand(y.shape, device=y.device)
-        else:
-            u = torch.rand(y.shape, generator=generator, device=generator.device).to(y.device)
-        return y + (2.0 * u - 1.0) * self.half_width().to(y.device)
+            self.step.copy_(torch.minimum(self.step, gap.masked_fill(gap <= TIE_TOL, float("inf")).min()))
+        # no generator argument when there is none: rand's generator overload takes no symbolic sizes
+        gen = {} if generator is None else {"generator": generator}
+        u = torch.rand(y.shape, device=gdev, **gen).to(y.device)
+        return y + (2.0 * u - 1.0) * self.half_width()

@@ -12,7 +12,7 @@ import torch
 
 from fsrf.runtime import backend as _backend
 
-__all__ = ["check_tensor", "check_same", "check_finite", "check_bool_mask", "is_tracing"]
+__all__ = ["check_tensor", "check_same", "check_finite", "check_bool_mask", "check_generator", "is_tracing"]
 
 
 def is_tracing() -> bool:
@@ -80,3 +80,17 @@ def check_bool_mask(mask, name: str, shape: Sequence[int], device: torch.device)
     if mask.device != device:
         raise ValueError(f"{name} is on {mask.device} but the data is on {device}")
     return mask
+
+
+def check_generator(generator, device: torch.device) -> torch.device:
+    """Check an optional ``torch.Generator`` for draws that end up on ``device``; returns the device
+    to draw on: the generator's (``device`` itself, or the CPU, whose draws are then copied over),
+    or ``device`` when ``generator`` is None."""
+    if generator is None:
+        return device
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    gdev = generator.device
+    if gdev.type != "cpu" and gdev != device:
+        raise ValueError(f"generator is on {gdev} but the inputs are on {device}; use a generator on {device} or on the CPU")
+    return gdev

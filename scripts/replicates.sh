@@ -4,9 +4,10 @@
 # data seed 0), so the spread over replicates holds the sampling of the data as well as of the
 # training; then merges the replicates into OUT/<generator>/ (scripts/merge_replicates.py).
 # Usage: scripts/replicates.sh [OUT] (default replicates/); DATA_SEEDS (default "1 2 3 4 5 21 22 23 24 25":
-# data seeds 6-20 and 26-45 chose, confirmed or rejected FSRF variants in docs/FSRF_METHOD.md §7, so they are left out),
+# data seeds 6-20 and 26-50 chose, confirmed or rejected FSRF variants in docs/FSRF_METHOD.md §7, so they are left out),
 # GENERATORS, N_TRAIN and MODELS (default all but fsrf-first) as in study.sh; CONFIG, an FSRFConfig
-# JSON file for the FSRF models (fsrf compare --config). Reruns resume.
+# JSON file for the FSRF models (fsrf compare --config); COMPARE_ARGS, further fsrf compare options
+# (the stored replicate, scale and fresh sets were made before the weight average: COMPARE_ARGS=--no-ema). Reruns resume.
 set -euo pipefail
 OUT=${1:-replicates}
 MODELS=${MODELS:-all}
@@ -18,7 +19,7 @@ for gen in ${GENERATORS:-factor events}; do
     [ -f "$OUT/$gen/d$d.pkl" ] || fsrf make-synthetic --preset mosei --generator "$gen" --n-train "${N_TRAIN:-800}" \
       --n-valid 200 --n-test 400 --seed "$d" --out "$OUT/$gen/d$d.pkl"
     fsrf compare --data "$OUT/$gen/d$d.pkl" --models "$MODELS" ${CONFIG:+--config "$CONFIG"} --seeds $((1110 + d)) \
-      --epochs 12 --patience 4 --no-progress --out "$OUT/$gen/d$d"
+      --epochs 12 --patience 4 --no-progress ${COMPARE_ARGS:-} --out "$OUT/$gen/d$d"
     runs+=("$OUT/$gen/d$d")
   done
   python "$DIR/merge_replicates.py" "$OUT/$gen" "${runs[@]}"

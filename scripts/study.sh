@@ -7,6 +7,8 @@
 # the models (the scale check of docs/FSRF_METHOD.md §7:
 # N_TRAIN=1600 MODELS=fsrf,late-fusion,late-fusion-md,mult scripts/study.sh scale). SPLIT=valid
 # evaluates the trained runs on the validation split instead (tables in OUT/<generator>/valid/).
+# COMPARE_ARGS adds options to every fsrf compare (COMPARE_ARGS=--no-ema: the runs before the weight
+# average of docs/FSRF_METHOD.md §7, tenth round).
 set -euo pipefail
 OUT=${1:-study}
 MODELS=${MODELS:-fsrf,fsrf-first,fsrf-no-dhf,fsrf-no-das,fsrf-no-recovery,late-fusion,late-fusion-md,mult}
@@ -15,5 +17,5 @@ for gen in ${GENERATORS:-factor events}; do
   [ -f "$OUT/$gen.pkl" ] || fsrf make-synthetic --preset mosei --generator "$gen" --n-train "${N_TRAIN:-800}" \
     --n-valid 200 --n-test 400 --seed 0 --out "$OUT/$gen.pkl"
   fsrf compare --data "$OUT/$gen.pkl" --models "$MODELS" --seeds 1111 1112 1113 1114 1115 \
-    --epochs 12 --patience 4 --split "${SPLIT:-test}" --no-progress --out "$OUT/$gen"
+    --epochs 12 --patience 4 --split "${SPLIT:-test}" --no-progress ${COMPARE_ARGS:-} --out "$OUT/$gen"
 done

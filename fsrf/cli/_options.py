@@ -41,6 +41,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="also log every epoch to TensorBoard in <run>/tensorboard (pip install tensorboard)")
     p.add_argument("--compile", action="store_true",
                    help="run the training step through torch.compile (the compilation time is printed once)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
+                   help="select and save the weights after each epoch's last step instead of their moving "
+                        "average over about one epoch (the default since docs/FSRF_METHOD.md §7, tenth round)")
 
 
 def add_progress_options(p: argparse.ArgumentParser) -> None:
@@ -97,4 +100,6 @@ def train_settings(args: argparse.Namespace, base: dict | None = None):
         kw["compile"] = True
     if getattr(args, "tensorboard", False):
         kw["tensorboard"] = True
+    if getattr(args, "ema", None) is False:
+        kw["ema"] = False
     return TrainSettings(**kw)

@@ -2,6 +2,8 @@
 
 * :mod:`fsrf.training.trainer` — :func:`fit` (early stopping, atomic checkpoints, resume, DDP),
   :class:`TrainSettings`, :func:`load_model`;
+* :mod:`fsrf.training.averaging` — :class:`WeightAverage`, the moving average of the weights that
+  training selects and saves (``TrainSettings.ema``);
 * :mod:`fsrf.training.checkpoint` — checkpoint files (``weights_only`` loading);
 * :mod:`fsrf.training.evaluation` — :func:`robust_eval` under every missingness condition,
   :func:`aggregate_seeds`, :func:`evaluate_checkpoints`;
@@ -12,6 +14,7 @@
 * :mod:`fsrf.training.demo` — :func:`run_demo`, the main job on synthetic data.
 """
 
+from fsrf.training.averaging import WeightAverage
 from fsrf.training.checkpoint import load_checkpoint, resolve_checkpoints, save_checkpoint
 from fsrf.training.comparison import DEFAULT_SEEDS, compare, default_specs, format_comparison, paired_tests
 from fsrf.training.demo import run_demo
@@ -24,4 +27,4 @@ __all__ = ["TrainSettings", "SELECTIONS", "fit", "load_model", "load_weights", "
            "default_specs", "paired_tests", "format_comparison", "DEFAULT_SEEDS", "save_checkpoint",
            "load_checkpoint", "resolve_checkpoints", "DEFAULT_RATES", "parse_rates", "parse_patterns",
            "robust_eval", "aggregate_seeds", "evaluate_checkpoints", "write_results", "format_table",
-           "plot_robustness", "run_demo"]
+           "plot_robustness", "run_demo", "WeightAverage"]

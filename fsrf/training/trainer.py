@@ -23,6 +23,7 @@ from fsrf.models import ModelSpec, rebuild_model
 from fsrf.runtime.progress import check_progress, show_bars
 from fsrf.training.curves import CURVES_NAME, METRICS_NAME, TensorBoardLog, plot_training_curves, write_metrics_csv
 from fsrf.runtime.io import atomic_write_text, ensure_dir, remove_stale_temps
+from fsrf.training.averaging import WeightAverage, epoch_decay
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.training.lock import FolderLock, lock_folder
 
@@ -53,6 +54,12 @@ class TrainSettings:
     (one host sync; off with ``fsrf.set_check_finite(False)`` or ``FSRF_CHECK_FINITE=0``).
     ``tensorboard``: also write each epoch's metrics as TensorBoard scalars to
     ``<run>/tensorboard`` (needs the ``tensorboard`` package; ``metrics.csv`` is written always).
+    ``ema``: select, save (``best.pt``) and evaluate the exponential moving average of the
+    parameters (:class:`fsrf.training.averaging.WeightAverage`) instead of the weights after the
+    epoch's last step; ``last.pt`` keeps the live weights and the average, so a resumed run goes on
+    exactly. ``ema_decay``: its decay; ``None`` (default) is ``1 − 1/(steps per epoch)``, a memory
+    of about one epoch, whatever the size of the data. On by default since the tenth round of
+    ``docs/FSRF_METHOD.md`` §7; ``ema=False`` trains as before it.
     ``progress``: a progress bar per epoch (``None``, the default: only when stderr is a
     terminal, :func:`fsrf.runtime.progress.show_bars`); its loss is read from the device every
     :data:`BAR_EVERY` batches (the values of an epoch are summed on the device and read once).
@@ -74,6 +81,8 @@ class TrainSettings:
     progress: bool | None = None
     compile: bool = False
     tensorboard: bool = False
+    ema: bool = True
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -93,6 +102,12 @@ class TrainSettings:
         check_progress(self.progress)
         if not isinstance(self.tensorboard, bool):
             raise TypeError(f"tensorboard must be a bool; got {type(self.tensorboard).__name__} {self.tensorboard!r}")
+        if not isinstance(self.ema, bool):
+            raise TypeError(f"ema must be a bool; got {type(self.ema).__name__} {self.ema!r}")
+        if self.ema_decay is not None and (isinstance(self.ema_decay, bool)
+                                           or not isinstance(self.ema_decay, (int, float))
+                                           or not 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be None or a number in [0, 1); got {self.ema_decay!r}")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be a bool; got {type(self.compile).__name__} {self.compile!r}")
         self.select_rates = tuple(float(r) for r in self.select_rates)
@@ -342,10 +357,15 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     start_epoch, best_score, best_epoch, bad = 0, math.inf, -1, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     data_path = str(getattr(data, "path", ""))
-    rebuild_best, rebuild_reason, resumed_rng = False, "", None
+    rebuild_best, rebuild_reason, resumed_rng, resumed_avg = False, "", None, None
     if resume and last_path.exists():
         ck = _load_for_resume(last_path, f"delete {last_path} to train {out} from scratch, "
                                          f"or use another output folder")
+        ck_ema = bool(dict(ck.get("train") or {}).get("ema", False))  # runs before the switch had none
+        if ck_ema != settings.ema or (ck_ema and not isinstance(ck.get("weight_average"), Mapping)):
+            raise ValueError(f"cannot resume from {last_path}: it was trained with ema={ck_ema} and this run asks "
+                             f"ema={settings.ema}; resume with the same setting (--no-ema turns the weight "
+                             f"average off) or use a fresh --out directory")
         if ck.get("seed") != seed or not _same_model(ck, ident):
             raise ValueError(f"cannot resume from {last_path}: it was written with another seed or model config "
                              f"(seed {ck.get('seed')}); use a fresh --out directory or the same settings")
@@ -387,6 +407,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
         resumed_rng = ck["torch_rng"]
+        resumed_avg = ck.get("weight_average")
         start_epoch = last_epoch + 1
         best_score, best_epoch, bad = float(ck["best_score"]), ck_best, int(ck["bad_epochs"])
         history = list(ck["history"])
@@ -394,21 +415,29 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     elif resume:
         say(f"--resume: no {last_path} yet, starting from scratch")
 
+    avg = None
+    if settings.ema:
+        decay = settings.ema_decay
+        if decay is None:
+            decay = epoch_decay(_steps_per_epoch(len(train), settings.batch_size, world))
+        avg = WeightAverage(model, decay)
+        if resumed_avg is not None:
+            avg.load_state_dict(resumed_avg)
     meta = {**ident, "train": settings.to_dict(), "seed": int(seed),
             "dataset": dataset, "data_path": data_path, "modality_dims": dims,
             "selection": settings.selection, "eval_seed": settings.eval_seed, "world_size": world}
     if is_main:
         atomic_write_text(out / "config.json", json.dumps(meta, indent=2))
     if rebuild_best:
-        best_score = _selection_score(model, data, settings, device)
+        best_score, selected = _score_selected(model, avg, data, settings, device)
         best_epoch, bad = start_epoch - 1, 0
         if is_main:
             # best.pt first, then last.pt with the new selection state: the order of every epoch
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            save_checkpoint({"model": state, **meta, "epoch": best_epoch, "best_score": best_score}, best_path)
+            save_checkpoint({"model": selected, **meta, "epoch": best_epoch, "best_score": best_score}, best_path)
             save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": best_epoch,
                              "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
-                             "history": history, "torch_rng": resumed_rng}, last_path)
+                             "history": history, "torch_rng": resumed_rng, **_avg_entry(avg)}, last_path)
         say(f"{rebuild_reason}: model selection restarts from {last_path} (epoch {start_epoch}, "
             f"select MAE {best_score:.4f})")
 
@@ -466,6 +495,8 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             if settings.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
+            if avg is not None:
+                avg.update(model)
             if timed:
                 _sync(device)
                 compile_s += time.perf_counter() - t_c
@@ -489,7 +520,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         if not math.isfinite(sums.get("total", 0.0)):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
                                      f"lower --lr or check the data")
-        score = _selection_score(model, data, settings, device)
+        score, selected = _score_selected(model, avg, data, settings, device)
         if not math.isfinite(score):
             raise FloatingPointError(f"the selection MAE is {score} at epoch {epoch + 1}: the model predicts "
                                      f"non-finite values; lower --lr or check the data")
@@ -504,10 +535,11 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
         if is_main:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             if improved:
-                save_checkpoint({"model": state, **meta, "epoch": epoch, "best_score": best_score}, best_path)
+                save_checkpoint({"model": selected, **meta, "epoch": epoch, "best_score": best_score}, best_path)
             save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": epoch,
                              "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
-                             "history": history, "torch_rng": torch.get_rng_state()}, last_path)
+                             "history": history, "torch_rng": torch.get_rng_state(), **_avg_entry(avg)},
+                            last_path)
             atomic_write_text(out / "history.json", json.dumps(history, indent=2))
             write_metrics_csv(history, out / METRICS_NAME)
             if tb is not None:
@@ -541,6 +573,31 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     if settings.compile:
         result["compile_seconds"] = compile_s
     return result
+
+
+def _steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    """The optimiser steps of one epoch on each rank (:func:`_rank_shard`'s share, batches of at
+    least two samples); at least 1."""
+    per_rank = (n - n % world) // world if world > 1 else n
+    full, rest = divmod(per_rank, batch_size)
+    return max(1, full + (1 if rest >= 2 else 0))
+
+
+def _score_selected(model: nn.Module, avg: WeightAverage | None, data, settings: TrainSettings,
+                    device: str) -> tuple[float, dict[str, torch.Tensor]]:
+    """The selection MAE of the weights that ``best.pt`` would hold (the average when there is
+    one), and those weights as a CPU state dict."""
+    if avg is None:
+        return (_selection_score(model, data, settings, device),
+                {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    with avg.applied(model):
+        score = _selection_score(model, data, settings, device)
+        # cloned: on the CPU the state dict shares storage with the parameters restored below
+        return score, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _avg_entry(avg: WeightAverage | None) -> dict[str, Any]:
+    return {} if avg is None else {"weight_average": avg.state_dict()}
 
 
 def _rank_shard(order, rank: int, world: int):

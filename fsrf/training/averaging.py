@@ -1,0 +1,109 @@
+"""An exponential moving average of a model's parameters, which training selects and saves.
+
+At the study's size (25 steps an epoch) early stopping keeps an epoch 2–7, and the weights at the
+end of one epoch carry the noise of its last few Adam steps; the average over about the last epoch
+of steps has less of it (Polyak–Ruppert averaging). ``docs/FSRF_METHOD.md`` §7, tenth round, has the
+evidence that made it the default of :class:`fsrf.training.TrainSettings`.
+
+Only parameters are averaged; buffers (running statistics such as the pooling's running mean or the
+label-grid estimate) stay the live model's, which is what they estimate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["WeightAverage", "epoch_decay"]
+
+
+def epoch_decay(steps_per_epoch: int) -> float:
+    """``1 − 1/steps_per_epoch``: an average whose memory is about one epoch of steps."""
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be a positive int; got {steps_per_epoch!r}")
+    return 1.0 - 1.0 / steps_per_epoch
+
+
+class WeightAverage:
+    """The moving average ``a ← d_t·a + (1 − d_t)·θ`` after every optimiser step ``t = 1, 2, …``.
+
+    ``d_t = min(decay, (1 + t) / (10 + t))``: the warm-up keeps the first steps from being
+    dominated by the initial weights (with the full decay at once, the average of a run stopped
+    after two epochs would still hold ``decay^50`` of its initialisation, and of one epoch 0.36).
+    The average is kept in float32 for parameters of lower precision.
+
+    Args:
+        model: the module whose parameters are averaged; the average starts at its current values.
+        decay: the decay the warm-up rises to, in [0, 1) (0: the average is the live weights).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be a number in [0, 1); got {decay!r}")
+        self.decay = float(decay)
+        self.steps = 0
+        self._names = [n for n, p in model.named_parameters()]
+        self._avg = [self._master(p) for p in model.parameters()]
+
+    @staticmethod
+    def _master(p: torch.Tensor) -> torch.Tensor:
+        p = p.detach()
+        return p.float().clone() if p.dtype in (torch.float16, torch.bfloat16) else p.clone()
+
+    def current_decay(self) -> float:
+        """``d_t`` of the next update."""
+        t = self.steps + 1
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
+    def _params(self, model: nn.Module) -> list[torch.Tensor]:
+        named = list(model.named_parameters())
+        if [n for n, _ in named] != self._names:
+            raise ValueError("model does not have the parameters this average was made for "
+                             f"({len(named)} vs. {len(self._names)} tensors)")
+        return [p for _, p in named]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current parameters into the average (call after ``optimizer.step()``)."""
+        d = self.current_decay()
+        params = [p.detach().to(a.dtype) for p, a in zip(self._params(model), self._avg)]
+        torch._foreach_mul_(self._avg, d)
+        torch._foreach_add_(self._avg, params, alpha=1.0 - d)
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Within the block the model holds the averaged parameters; its own come back after it,
+        also when the block raises."""
+        params = self._params(model)
+        live = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, a in zip(params, self._avg):
+                p.copy_(a)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, live):
+                    p.copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs: the decay, the step count and the averaged tensors (on the CPU)."""
+        return {"decay": self.decay, "steps": self.steps,
+                "average": {n: a.detach().cpu() for n, a in zip(self._names, self._avg)}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the parameter names must be this model's."""
+        avg = state.get("average") if isinstance(state, Mapping) else None
+        if not isinstance(avg, Mapping) or list(avg) != self._names:
+            raise ValueError("the saved weight average is not one of this model's parameters")
+        self.decay = float(state["decay"])
+        self.steps = int(state["steps"])
+        with torch.no_grad():
+            for a, n in zip(self._avg, self._names):
+                a.copy_(avg[n])

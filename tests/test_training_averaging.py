@@ -5,28 +5,24 @@ import pytest
 import torch
 from torch import nn
 
+from _helpers import write_tiny_mmsa
 from fsrf import FSRFConfig
-from fsrf.data import load_mmsa, make_synthetic
+from fsrf.data import load_mmsa
 from fsrf.training.averaging import WeightAverage, epoch_decay
 from fsrf.training.checkpoint import load_checkpoint
 from fsrf.training.trainer import TrainSettings, _steps_per_epoch, fit
 
-TINY_DIMS = {"text": 16, "audio": 6, "vision": 5}
-TINY_LENS = {"text": 6, "audio": 6, "vision": 6}
 CFG = FSRFConfig(d_model=16, num_heads=2, dropout=0.1)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.pkl"
-    make_synthetic("mosei", path, n_train=40, n_valid=16, n_test=16, seed=4, dims=TINY_DIMS, seq_lens=TINY_LENS)
-    return path
+    # 40 training samples in batches of 16: 3 steps an epoch
+    return write_tiny_mmsa(tmp_path_factory.mktemp("data") / "tiny.pkl", seed=4)
 
 
 def settings(**kw):
-    base = dict(epochs=3, batch_size=16, progress=False, patience=5)
-    base.update(kw)
-    return TrainSettings(**base)
+    return TrainSettings(**{"epochs": 3, "batch_size": 16, "progress": False, "patience": 5, **kw})
 
 
 def test_average_is_the_weighted_sum_of_the_snapshots():

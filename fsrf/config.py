@@ -54,7 +54,10 @@ class FSRFConfig:
         ``recovery`` (substitute recovered parts for missing modalities).
     Loss weights (§4 total)
         ``w_orth`` 0.3, ``w_dered`` 0.01, ``w_hom`` 1.0, ``w_rec`` 1.0, ``w_kl`` 0.5,
-        ``w_dist`` 0.5, ``w_recov`` 1.0.
+        ``w_dist`` 0.5, ``w_recov`` 1.0, ``w_pred`` 0.0 (prediction distillation: view B's
+        prediction is pulled towards view A's detached prediction by the task loss's own form, L1
+        or MSE, so the sparser view learns from the model's estimate on the richer one as well as
+        from the label; 0 = off; §7, eleventh round).
     Loss details
         ``detach_norm``/``orth_eps`` (MISA DiffLoss), ``decor_eps``, ``mmd_num_kernels``,
         ``mmd_kernel_mul``, ``mmd_unbiased``, ``kl_temperature`` (T = 2), ``kl_stop_grad``
@@ -130,6 +133,7 @@ class FSRFConfig:
     w_kl: float = 0.5
     w_dist: float = 0.5
     w_recov: float = 1.0
+    w_pred: float = 0.0
 
     detach_norm: bool = True
     orth_eps: float = 1e-6
@@ -200,7 +204,7 @@ class FSRFConfig:
                      "mmd_normalize", "fusion_availability", "pool_norm", "pool_shrink", "dequantize_labels"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
-        for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov"):
+        for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov", "w_pred"):
             _num(name, 0.0)
         _num("orth_eps", 0.0, lo_open=True)
         _num("decor_eps", 0.0, lo_open=True)

@@ -56,7 +56,8 @@ def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
     ("aux_warmup_steps", 2.5, TypeError), ("modality_dropout", 1.5, ValueError),
     ("rec_detach_target", 1, TypeError), ("mmd_normalize", "yes", TypeError),
     ("fusion_availability", None, TypeError), ("pool_norm", "on", TypeError), ("shared_pool", "max", ValueError),
-    ("pool_shrink", 1, TypeError), ("private_pool", "ln", ValueError), ("private_pool", True, ValueError)])
+    ("pool_shrink", 1, TypeError), ("private_pool", "ln", ValueError), ("private_pool", True, ValueError),
+    ("w_pred", -0.5, ValueError), ("w_pred", "1", TypeError), ("w_pred", float("nan"), ValueError)])
 def test_bad_switch_values_are_refused_by_name(field, value, exc):
     with pytest.raises(exc, match=field):
         FSRFConfig(**{field: value})

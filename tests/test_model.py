@@ -42,16 +42,50 @@ def test_training_loss_is_the_weighted_sum_of_its_parts():
         expected = (parts["task_a"] + parts["task_b"]
                     + scale * (cfg.w_orth * parts["orth"] + cfg.w_dered * parts["dered"]
                                + cfg.w_hom * parts["hom"] + cfg.w_rec * parts["rec"] + cfg.w_kl * parts["kl"]
-                               + cfg.w_dist * parts["dist"] + cfg.w_recov * (parts["recov"] + parts["loo"])))
+                               + cfg.w_dist * parts["dist"] + cfg.w_recov * (parts["recov"] + parts["loo"])
+                               + cfg.w_pred * parts["pred"]))
         torch.testing.assert_close(loss.detach(), expected)
         torch.testing.assert_close(parts["aux_scale"], torch.tensor(scale))
     torch.testing.assert_close(parts["total"], loss.detach())
     assert set(parts) == {"task_a", "task_b", "orth", "dered", "hom", "rec", "loo", "kl", "dist", "recov",
-                          "aux_scale", "total"}
+                          "pred", "aux_scale", "total"}
     loss.backward()
     for name, p in model.named_parameters():
         if p.grad is not None:
             assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("task_loss", ["l1", "mse"])
+def test_prediction_distillation_pulls_view_b_towards_a_detached_view_a(task_loss):
+    # the head's two outputs (view A, then view B) are captured and the gradient of the objective
+    # on each is compared with the derivative of its definition, computed in float64:
+    # view A sees its task term only (the teacher is detached), view B its task term plus
+    # scale * w_pred * d/d(pred_b) loss(pred_b, pred_a)
+    w_pred = 0.7
+    cfg = FSRFConfig(**SMALL, w_pred=w_pred, dequantize_labels=False, task_loss=task_loss)
+    model = FSRFModel(DIMS, config=cfg)
+    inputs, masks, labels = batch(B=10)
+    outs = []
+    model.head.register_forward_hook(lambda mod, args, out: outs.append(out))
+    loss, parts = model.training_loss(inputs, masks, labels, generator=torch.Generator().manual_seed(3))
+    assert len(outs) == 2
+    ga, gb = (g.squeeze(-1) for g in torch.autograd.grad(loss, outs))
+    (a, b), y = (o.detach().squeeze(-1).double() for o in outs), labels.double()
+    n = y.numel()
+    dloss = (lambda p, t: torch.sign(p - t) / n) if task_loss == "l1" else (lambda p, t: 2 * (p - t) / n)
+    ref_pred = (b - a).abs().mean() if task_loss == "l1" else ((b - a) ** 2).mean()
+    scale = 1.0 / cfg.aux_warmup_steps  # first step of the warm-up ramp
+    torch.testing.assert_close(parts["pred"].double(), ref_pred, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga.double(), dloss(a, y), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gb.double(), dloss(b, y) + scale * w_pred * dloss(b, a), rtol=1e-5, atol=1e-7)
+
+
+def test_prediction_distillation_is_zero_without_das_and_off_by_default():
+    assert FSRFConfig().w_pred == 0.0
+    model = FSRFModel(DIMS, config=FSRFConfig(**SMALL, das=False, w_pred=1.0))
+    inputs, masks, labels = batch(B=6)
+    _, parts = model.training_loss(inputs, masks, labels)
+    assert parts["pred"].item() == 0.0 and parts["task_b"].item() == 0.0
 
 
 def test_task_loss_matches_l1_and_mse_definitions():

@@ -99,7 +99,8 @@ class FSRFModel(PretrainedMixin, nn.Module):
 
         Returns ``(loss, parts)``; ``parts`` holds detached 0-dim tensors ``task_a``, ``task_b``,
         ``orth``, ``dered``, ``hom``, ``rec``, ``loo`` (leave-one-out recovery, 0 unless
-        ``recovery_loss="view+loo"``), ``kl``, ``dist``, ``recov``, ``aux_scale`` and ``total`` (no host
+        ``recovery_loss="view+loo"``), ``kl``, ``dist``, ``recov``, ``pred`` (view B's prediction
+        against view A's detached one, in the task loss's form; logged whatever ``w_pred``, 0 without DAS), ``aux_scale`` and ``total`` (no host
         sync: call ``.item()`` on them only when logging).
 
         ``torch.compile(model.training_loss, fullgraph=True)`` captures the whole step in one
@@ -131,10 +132,14 @@ class FSRFModel(PretrainedMixin, nn.Module):
                                         generator=generator)
             pred_b, out_b = self.predict(inputs_b, masks_b)
             parts["task_b"] = self._task(pred_b, labels)
+            # richer view teaches the sparser one at the output too; the teacher is detached so
+            # that view A is never pulled towards what a view with less evidence predicts
+            parts["pred"] = self._task(pred_b, pred_a.detach())
             views.append(out_b)
             das = self.layer.distill(out_a, out_b)
         else:
             parts["task_b"] = zero
+            parts["pred"] = zero
             das = {"kl": zero, "dist": zero, "recov": zero}
         for key in ("orth", "dered", "hom", "rec", "loo"):
             vals = [v.losses[key] for v in views if key in v.losses]
@@ -151,7 +156,8 @@ class FSRFModel(PretrainedMixin, nn.Module):
             scale = self.aux_scale()
         aux = (cfg.w_orth * parts["orth"] + cfg.w_dered * parts["dered"]
                + cfg.w_hom * parts["hom"] + cfg.w_rec * parts["rec"]
-               + cfg.w_kl * parts["kl"] + cfg.w_dist * parts["dist"] + cfg.w_recov * (parts["recov"] + parts["loo"]))
+               + cfg.w_kl * parts["kl"] + cfg.w_dist * parts["dist"] + cfg.w_recov * (parts["recov"] + parts["loo"])
+               + cfg.w_pred * parts["pred"])
         total = parts["task_a"] + parts["task_b"] + scale * aux
         parts["aux_scale"] = scale
         parts = {k: v.detach() for k, v in parts.items()}

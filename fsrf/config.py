@@ -33,6 +33,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "shared_pool": "mean",
     "private_pool": "same",
     "dequantize_labels": False,
+    "w_pred": 0.0,
 }
 
 
@@ -54,10 +55,10 @@ class FSRFConfig:
         ``recovery`` (substitute recovered parts for missing modalities).
     Loss weights (§4 total)
         ``w_orth`` 0.3, ``w_dered`` 0.01, ``w_hom`` 1.0, ``w_rec`` 1.0, ``w_kl`` 0.5,
-        ``w_dist`` 0.5, ``w_recov`` 1.0, ``w_pred`` 0.0 (prediction distillation: view B's
+        ``w_dist`` 0.5, ``w_recov`` 1.0, ``w_pred`` 0.5 (prediction distillation: view B's
         prediction is pulled towards view A's detached prediction by the task loss's own form, L1
         or MSE, so the sparser view learns from the model's estimate on the richer one as well as
-        from the label; 0 = off; §7, eleventh round).
+        from the label; default since §7's eleventh round; 0 = off, as before it).
     Loss details
         ``detach_norm``/``orth_eps`` (MISA DiffLoss), ``decor_eps``, ``mmd_num_kernels``,
         ``mmd_kernel_mul``, ``mmd_unbiased``, ``kl_temperature`` (T = 2), ``kl_stop_grad``
@@ -133,7 +134,7 @@ class FSRFConfig:
     w_kl: float = 0.5
     w_dist: float = 0.5
     w_recov: float = 1.0
-    w_pred: float = 0.0
+    w_pred: float = 0.5
 
     detach_norm: bool = True
     orth_eps: float = 1e-6

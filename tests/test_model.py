@@ -80,8 +80,10 @@ def test_prediction_distillation_pulls_view_b_towards_a_detached_view_a(task_los
     torch.testing.assert_close(gb.double(), dloss(b, y) + scale * w_pred * dloss(b, a), rtol=1e-5, atol=1e-7)
 
 
-def test_prediction_distillation_is_zero_without_das_and_off_by_default():
-    assert FSRFConfig().w_pred == 0.0
+def test_prediction_distillation_is_zero_without_das_and_off_in_the_first_reconstruction():
+    assert FSRFConfig().w_pred == 0.5 and FSRFConfig.first_reconstruction().w_pred == 0.0
+    # a config saved before the switch existed reads as trained, without it
+    assert FSRFConfig.from_saved({"d_model": 16, "num_heads": 2}).w_pred == 0.0
     model = FSRFModel(DIMS, config=FSRFConfig(**SMALL, das=False, w_pred=1.0))
     inputs, masks, labels = batch(B=6)
     _, parts = model.training_loss(inputs, masks, labels)

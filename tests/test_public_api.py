@@ -72,7 +72,8 @@ def test_readme_layer_example_runs():
     """The 'Using the layer in your model' block, with the user's head and task loss stubbed."""
     block = next(b for b in _python_blocks() if "FSRFLayer(" in b)
     head = torch.nn.Linear(128, 1)
-    scope = {"my_head": head, "task_loss": lambda p, y: (p.squeeze(-1) - y).abs().mean(), "y": torch.randn(8)}
+    scope = {"my_head": head, "task_loss": lambda p, y: (p.reshape(-1) - y.reshape(-1)).abs().mean(),
+             "y": torch.randn(8)}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the documentation itself is the test
     assert scope["out"].fused.shape == (8, 128)
     assert set(scope["das"]) == {"kl", "dist", "recov"}

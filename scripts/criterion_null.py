@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fsrf.training.comparison import GROUPS
+
 METRICS = (("Has0_F1_score", 1.0), ("MAE", -1.0))  # sign: +1 where higher is better
-GROUP_KINDS = (("intra", lambda c: float(c) >= 0.5 - 1e-9), ("inter", lambda c: True))
-BUILT_IN = ("late fusion", "late fusion + modality dropout", "MulT")
+RULE_GROUPS = ("intra r>=0.5", "inter (7 patterns)")  # the groups the rule judges
 
 
 def _conditions(per_seed: dict) -> list[tuple[str, str]]:
@@ -50,7 +51,8 @@ def seed_matrix(per_seed: dict, conds: list[tuple[str, str]]) -> tuple[np.ndarra
     groups = []
     for res in per_seed.values():
         row = []
-        for kind, keep in GROUP_KINDS:
+        for group in RULE_GROUPS:
+            kind, keep = GROUPS[group]
             cs = [c for c in res[kind] if keep(c)]
             row += [sign * float(np.mean([res[kind][c][m] for c in cs])) for m, sign in METRICS]
         groups.append(row)
@@ -95,6 +97,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--draws", type=int, default=20000, help="random splits or resamples per k (default 20000)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.draws < 1:
+        print(f"criterion_null: --draws must be >= 1; got {args.draws}", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in (args.study, args.extra) if not p.is_file()]
+    if missing:
+        print(f"criterion_null: no results file {', '.join(missing)}", file=sys.stderr)
+        return 2
     study = json.loads(args.study.read_text(encoding="utf-8"))
     extra = json.loads(args.extra.read_text(encoding="utf-8"))
     ref = study["meta"]["reference"]
@@ -115,7 +124,10 @@ def main(argv: list[str]) -> int:
     mats = {m: seed_matrix(study["models"][m]["per_seed"], conds) for m in others}
     print(f"{Path(args.study).parent.name}: {len(per)} seeds of {ref} "
           f"({len(conds) * len(METRICS)} conditions, 4 groups)\n")
-    for label, names in (("its 3 built-in baselines", [m for m in others if m in BUILT_IN]),
+    # the built-in baselines are the models that are not FSRF variants, as the study records them
+    kinds = {spec["name"]: spec.get("kind") for spec in study["meta"].get("specs") or [] if spec}
+    built_in = [m for m in others if kinds.get(m) != "fsrf"]
+    for label, names in ((f"its {len(built_in)} built-in baselines", built_in),
                          (f"the {len(others)} models but the first reconstruction", others)):
         b, h = verdict(own_c, own_g, [mats[m][0] for m in names], [mats[m][1] for m in names])
         print(f"study: {ref} against {label}: {b} conditions more than one std behind; four groups held: {h}")

@@ -71,6 +71,10 @@ def main(argv: list[str]) -> int:
         if not v >= 0:
             print(f"noninferiority: {name} must be >= 0; got {v}", file=sys.stderr)
             return 2
+    missing = [str(p) for p in args.results if not p.is_file()]
+    if missing:
+        print(f"noninferiority: no results file {', '.join(missing)}", file=sys.stderr)
+        return 2
     margins = {"Has0_F1_score": args.margin_f1, "MAE": args.margin_mae}
     for path in args.results:
         r = json.loads(path.read_text(encoding="utf-8"))

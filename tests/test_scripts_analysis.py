@@ -122,3 +122,15 @@ def test_noninferiority_signs_mae_so_that_positive_means_the_reference_is_better
     path.write_text(json.dumps(joined))
     assert ni.main([str(path), "--margin-mae", "-1"]) == 2
     assert "--margin-mae" in capsys.readouterr().err
+
+
+def test_the_scripts_refuse_bad_arguments_by_name(tmp_path, capsys):
+    cn = _script("criterion_null")
+    ni = _script("noninferiority")
+    absent = str(tmp_path / "absent.json")
+    assert cn.main([absent, absent, "--draws", "0"]) == 2
+    assert "--draws" in capsys.readouterr().err
+    assert cn.main([absent, absent]) == 2
+    assert "absent.json" in capsys.readouterr().err
+    assert ni.main([absent]) == 2
+    assert "absent.json" in capsys.readouterr().err

@@ -100,8 +100,9 @@ class FSRFModel(PretrainedMixin, nn.Module):
         Returns ``(loss, parts)``; ``parts`` holds detached 0-dim tensors ``task_a``, ``task_b``,
         ``orth``, ``dered``, ``hom``, ``rec``, ``loo`` (leave-one-out recovery, 0 unless
         ``recovery_loss="view+loo"``), ``kl``, ``dist``, ``recov``, ``pred`` (view B's prediction
-        against view A's detached one, in the task loss's form; logged whatever ``w_pred``, 0 without DAS), ``aux_scale`` and ``total`` (no host
-        sync: call ``.item()`` on them only when logging).
+        against view A's detached one, in the task loss's form; logged whatever ``w_pred``, 0
+        without DAS), ``aux_scale`` and ``total`` (no host sync: call ``.item()`` on them only when
+        logging).
 
         ``torch.compile(model.training_loss, fullgraph=True)`` captures the whole step in one
         graph (masks and every missing pattern included) with no host sync in it. Pass

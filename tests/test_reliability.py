@@ -339,36 +339,6 @@ def test_permission_error_on_the_output_folder_is_one_line(tiny_data, cfg_json, 
     assert f"cannot create the folder {tmp_path / 'ro' / 'run'}: Permission denied (EACCES)" in line
 
 
-def _mount_tmpfs(path, size="1m"):
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return r.returncode == 0
-
-
-def test_full_tmpfs_in_train(tiny_data, cfg_json, tmp_path):
-    """A real full disk: a 1 MiB tmpfs (needs root and the right to mount; skipped otherwise)."""
-    mnt = tmp_path / "small"
-    if not _mount_tmpfs(mnt):
-        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
-    try:
-        # leave room for epoch 1 (best.pt ~85 kB, last.pt ~280 kB) but not for a second last.pt beside it
-        (mnt / "filler").write_bytes(b"\0" * (1024 * 1024 - 560 * 1024))
-        cmd = [sys.executable, "-m", "fsrf", *_train_argv(tiny_data, cfg_json, mnt / "run", epochs=3)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines()
-                                                    if line.startswith("fsrf train: error: cannot write")]
-        assert "No space left on device (ENOSPC)" in proc.stderr
-        assert load_checkpoint(mnt / "run" / "last.pt")["epoch"] == 0  # the previous checkpoints still load
-        assert load_checkpoint(mnt / "run" / "best.pt")["epoch"] in (0, 1)
-        assert not [n for n in os.listdir(mnt / "run") if n.endswith(rio.TEMP_SUFFIX)]
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
-
-
 # -- 4. one run per output folder ------------------------------------------------------------------
 
 _HOLDER = textwrap.dedent("""

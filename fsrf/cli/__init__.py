@@ -9,7 +9,9 @@ file (:data:`DATA_COMMANDS`) are added here, once, by :func:`fsrf.cli._options.a
 Expected failures print one line, ``fsrf <command>: error: <what>``, and exit with status 2:
 bad arguments, missing or malformed files, data too small to train on, a damaged checkpoint, an
 output folder in use by another run, a diverged training, and every ``OSError`` (full disk,
-permissions, read-only file system), which names the path and the OS reason. ``--debug`` shows
+permissions, read-only file system, a folder removed under the run), which names the path and
+the OS reason, also where a library raised an error of its own over the disk's (``torch.save``;
+see :mod:`fsrf.runtime.io`). ``--debug`` shows
 the traceback instead. Warnings are printed as one line too, ``fsrf <command>: warning: ...``;
 ``--strict`` turns the loader's warning about lengths beyond the padded length into an error.
 """

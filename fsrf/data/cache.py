@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fsrf.runtime.io import ensure_dir
+
 __all__ = ["cache_dir", "cached_synthetic"]
 
 
@@ -15,9 +17,7 @@ def cache_dir() -> Path:
     if not root:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(base, "fsrf")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return ensure_dir(root)
 
 
 def cached_synthetic(preset: str, *, n_train: int, n_valid: int, n_test: int, seed: int = 0,
@@ -31,7 +31,7 @@ def cached_synthetic(preset: str, *, n_train: int, n_valid: int, n_test: int, se
     from fsrf.data.synthetic import make_synthetic
 
     folder = Path(folder) if folder is not None else cache_dir() / "synthetic"
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
     path = folder / f"{preset}_{generator}_n{n_train}-{n_valid}-{n_test}_seed{seed}.pkl"
     if path.is_file():
         return path, False

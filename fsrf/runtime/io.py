@@ -15,6 +15,13 @@ gone; the commands call it on their output folders before writing.
 An ``OSError`` raised while writing (full disk, permissions, read-only file system) carries the
 target path in ``filename``, and :func:`describe_os_error` turns any ``OSError`` into the one-line
 message the command line prints.
+
+Some libraries do not let the disk's ``OSError`` through: ``torch.save`` into a file object
+swallows it and raises ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``.
+:func:`atomic_write` therefore hands ``write`` a file that records the first ``OSError`` of its
+own writes, and re-raises that error (chained to the library's) in place of the library's; where
+the library wrote around the file object, a file system left with no free space reads as
+``ENOSPC`` too.
 """
 
 from __future__ import annotations
@@ -92,7 +99,7 @@ def describe_os_error(exc: OSError) -> str:
     target = os.fspath(exc.filename)
     if exc.filename2 is not None:
         target += f" -> {os.fspath(exc.filename2)}"
-    if action == "write":
+    if action == "write" and exc.errno != errno.ENOENT:
         return f"cannot write {target}: {reason}; a previous version of it, if any, is intact"
     return f"cannot {action} {target}: {reason}"
 
@@ -122,6 +129,54 @@ def current_umask() -> int:
     return mask
 
 
+class _RecordingFile:
+    """A binary file that remembers the first ``OSError`` its ``write``/``flush`` raised.
+
+    Everything else is the wrapped file's, so libraries that seek, tell or ask for ``fileno``
+    see the real file.
+    """
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self):
+        try:
+            return self._fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _disk_cause(exc: BaseException, recorded: OSError | None, folder: Path) -> OSError | None:
+    """The ``OSError`` behind a library's exception raised while writing into ``folder``, if any."""
+    if isinstance(exc, OSError):
+        return exc
+    if recorded is not None:
+        return recorded
+    if not isinstance(exc, Exception):  # KeyboardInterrupt and the like are never the disk's
+        return None
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    # root may fill the blocks reserved for it, so only f_bfree is empty when root's write fails
+    root = getattr(os, "geteuid", lambda: -1)() == 0
+    if (st.f_bfree if root else st.f_bavail) == 0:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
 def _fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -141,31 +196,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     The target folder must exist (a ``FileNotFoundError`` naming it otherwise). Any exception
     from ``write`` (or from the disk: a full disk is an ``OSError``) removes the temp file and
     propagates; the previous content of ``path``, if any, is untouched. An ``OSError`` leaves with
-    ``filename`` set to ``path`` when the OS did not name a file (or named the temp file).
+    ``filename`` set to ``path`` when the OS did not name a file (or named the temp file). When
+    ``write`` raises something else (a library's own error type) after a write to the file failed
+    in the OS, or on a file system with no space left, that ``OSError`` is raised instead, chained
+    to the library's exception.
     """
     path = Path(os.fspath(path))
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {folder} does not exist (writing {path.name})")
+        # a folder removed under a running command: name the file, the folder and the OS reason
+        raise _mark(FileNotFoundError(errno.ENOENT, f"its folder {folder} does not exist", str(path)),
+                    "write", path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=TEMP_SUFFIX, dir=folder)
     except OSError as exc:
         raise _mark(exc, "write", path)
+    recorder = None
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            recorder = _RecordingFile(fh)
+            write(recorder)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException as exc:
+        cause = _disk_cause(exc, None if recorder is None else recorder.error, folder)
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            _mark(exc, "write", path, tmp)
-        raise
+        if cause is None:
+            raise
+        _mark(cause, "write", path, tmp)
+        if cause is exc:
+            raise
+        raise cause from exc
     _fsync_folder(folder)
     return path
 

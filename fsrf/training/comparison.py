@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from fsrf.models import ModelSpec
-from fsrf.runtime.io import atomic_write_text
+from fsrf.runtime.io import atomic_write_text, ensure_dir
 
 __all__ = ["default_specs", "FIRST_NAME", "compare", "merge_replicates", "paired_tests", "summarise",
            "format_comparison", "GROUPS", "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file", "tables_dir"]
@@ -180,8 +180,7 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     if reference not in names:
         raise ValueError(f"reference must be one of the model names {names}; got {reference!r}")
     say = log or (lambda s: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     protocol = {"rates": list(rates), "patterns": list(patterns), "mask_seed": int(mask_seed), "split": split}
     t_start = time.perf_counter()
     per_model: dict[str, dict[str, Any]] = {n: {} for n in names}

@@ -5,8 +5,9 @@ The method is a reconstruction from the paper's abstract and lineage (see ``docs
 Main entry points:
 
 * :class:`fsrf.FSRFLayer` — drop-in fusion layer robust to missing modalities (:mod:`fsrf.nn`);
-* :class:`fsrf.FSRFModel` — the full model with a regression head and the FSRF training loss
-  (:mod:`fsrf.models`);
+* :class:`fsrf.FSRFObjective` — the whole FSRF training objective around a user's layer, head and
+  encoder, for regression or classification (:mod:`fsrf.models`);
+* :class:`fsrf.FSRFModel` — the objective with a linear regression head (:mod:`fsrf.models`);
 * :mod:`fsrf.ops` — the fused ops (masked cross-modal attention, factorization and alignment losses);
 * :mod:`fsrf.missing`, :mod:`fsrf.metrics`, :mod:`fsrf.data` — protocols, MMSA metrics, data;
 * :mod:`fsrf.training` — training, robustness evaluation, the demo;
@@ -24,7 +25,7 @@ from fsrf.runtime.backend import get_backend, set_backend, set_check_finite, use
 
 __all__ = ["__version__", "info", "set_backend", "get_backend", "use_backend", "set_check_finite",
            "ops", "nn", "models", "missing", "metrics", "data", "training",
-           "FSRFConfig", "FSRFLayer", "FSRFModel", "FSRFOutput"]
+           "FSRFConfig", "FSRFLayer", "FSRFModel", "FSRFObjective", "FSRFOutput"]
 
 # Heavy or optional parts load on first use so `import fsrf` stays cheap.
 _LAZY = {
@@ -39,6 +40,7 @@ _LAZY = {
     "FSRFLayer": ("fsrf.nn.layer", "FSRFLayer"),
     "FSRFOutput": ("fsrf.nn.layer", "FSRFOutput"),
     "FSRFModel": ("fsrf.models.fsrf_model", "FSRFModel"),
+    "FSRFObjective": ("fsrf.models.objective", "FSRFObjective"),
 }
 
 

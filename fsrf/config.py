@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["FSRFConfig", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES",
+__all__ = ["FSRFConfig", "AUX_WEIGHTS", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES",
            "SHARED_POOLS", "TASK_LOSSES"]
 
 KL_STOP_GRAD = ("both", "none", "richer")
@@ -16,6 +16,15 @@ REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
 SHARED_POOLS = ("mean", "gated")
 PRIVATE_POOLS = ("same", "shrink", "wiener")
+
+#: The weight field of each auxiliary term of the objective (docs/FSRF_METHOD.md §4), in the order
+#: they are summed. The only place a term meets its weight: :meth:`FSRFConfig.weighted_aux` is used
+#: by the layer's ``aux_loss`` and by :class:`fsrf.FSRFObjective`. The leave-one-out recovery
+#: (``loo``) shares ``w_recov`` with the view-to-view recovery.
+AUX_WEIGHTS: dict[str, str] = {
+    "orth": "w_orth", "dered": "w_dered", "hom": "w_hom", "rec": "w_rec",
+    "kl": "w_kl", "dist": "w_dist", "recov": "w_recov", "loo": "w_recov", "pred": "w_pred",
+}
 
 #: The fields whose defaults changed after the multi-seed studies of docs/FSRF_METHOD.md §7, with
 #: the values of the first reconstruction. A saved config that lacks one of them was written
@@ -256,6 +265,15 @@ class FSRFConfig:
         if isinstance(self.conv_kernel, Mapping):
             return int(self.conv_kernel.get(name, 1))
         return int(self.conv_kernel)
+
+    def weighted_aux(self, terms: Mapping[str, Any], zero: Any = 0.0) -> Any:
+        """``Σ w_k · terms[k]`` over the auxiliary terms of :data:`AUX_WEIGHTS` present in ``terms``
+        (tensors or numbers; other keys, such as the task terms, are ignored); ``zero`` when none is."""
+        total = zero
+        for key, weight in AUX_WEIGHTS.items():
+            if key in terms:
+                total = total + getattr(self, weight) * terms[key]
+        return total
 
     # -- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

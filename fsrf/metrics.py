@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compute", "weighted_f1", "round_metric", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "ROUNDING", "keys_for"]
+__all__ = ["compute", "classification", "weighted_f1", "round_metric", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "ROUNDING", "keys_for"]
 
 MOSI_KEYS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE",
              "Corr")
@@ -223,6 +223,78 @@ def _sims(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "MAE": float(np.mean(np.abs(p.astype(np.float64) - y.astype(np.float64)))),
         "Corr": _pearson(p, y),
     }
+
+
+def classification(scores: Any, labels: Any, class_names: Any = None) -> dict[str, float]:
+    """Metrics of a C-class classifier, as emotion-recognition papers on IEMOCAP report them.
+
+    Args:
+        scores: ``(N, C)`` logits or probabilities (the class is their argmax), or ``(N,)``
+            predicted class indices with ``class_names`` giving C.
+        labels: ``(N,)`` integer class indices in ``[0, C)``.
+        class_names: C names for the per-class keys (default ``"class0"`` …).
+
+    Returns ``{name: float}``:
+
+    * ``Acc`` — accuracy of the predicted class; ``WF1`` — weighted F1 over the C classes
+      (:func:`weighted_f1`, true labels first); ``MacroF1`` — the unweighted mean of the per-class
+      F1 over the classes that occur in either array.
+    * per class ``c`` (MulT's IEMOCAP protocol, one emotion against the rest): ``{name}_acc`` =
+      ``mean((pred == c) == (y == c))`` and ``{name}_F1`` = weighted F1 of the binary labels
+      ``y == c`` against ``pred == c``.
+
+    Raises ``ValueError`` naming the argument for shapes that disagree, labels outside
+    ``[0, C)`` or non-integer labels, non-finite scores, or a wrong number of class names.
+    """
+    try:
+        import torch
+
+        if isinstance(scores, torch.Tensor):
+            scores = scores.detach().float().cpu().numpy()
+        if isinstance(labels, torch.Tensor):
+            labels = labels.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency, but metrics need none
+        pass
+    s = np.asarray(scores)
+    y = np.asarray(labels)
+    if s.dtype == object or not np.issubdtype(s.dtype, np.number):
+        raise TypeError(f"scores must be numeric; got dtype {s.dtype}")
+    if not (np.issubdtype(y.dtype, np.integer) and y.ndim == 1):
+        raise ValueError(f"labels must be (N,) integer class indices; got shape {y.shape}, dtype {y.dtype}")
+    if s.ndim == 2:
+        if not np.isfinite(s).all():
+            raise ValueError("scores contains NaN or Inf")
+        C, pred = s.shape[1], np.argmax(s, axis=1)
+    elif s.ndim == 1 and np.issubdtype(s.dtype, np.integer):
+        if class_names is None:
+            raise ValueError("scores given as (N,) class indices need class_names to fix the number of classes")
+        C, pred = len(class_names), s
+    else:
+        raise ValueError(f"scores must be (N, C) logits or probabilities, or (N,) integer classes; got shape "
+                         f"{s.shape}, dtype {s.dtype}")
+    if pred.shape[0] != y.shape[0] or y.size == 0:
+        raise ValueError(f"scores and labels must have the same, non-zero number of samples; got {pred.shape[0]} "
+                         f"and {y.shape[0]}")
+    if C < 2:
+        raise ValueError(f"a classifier needs C >= 2 classes; got {C}")
+    names = [f"class{c}" for c in range(C)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != C:
+        raise ValueError(f"class_names must have {C} names (one per class); got {len(names)}")
+    for arr, what in ((y, "labels"), (pred, "scores")):
+        if arr.min() < 0 or arr.max() >= C:
+            raise ValueError(f"{what} must be class indices in [0, {C - 1}]; got values in [{arr.min()}, {arr.max()}]")
+    out = {"Acc": float(np.mean(pred == y)), "WF1": weighted_f1(y, pred)}
+    per_class = []
+    for c in np.union1d(y, pred):
+        tp = float(np.sum((y == c) & (pred == c)))
+        denom = 2 * tp + float(np.sum((y != c) & (pred == c))) + float(np.sum((y == c) & (pred != c)))
+        per_class.append(2 * tp / denom if denom > 0 else 0.0)
+    out["MacroF1"] = float(np.mean(per_class))
+    for c, name in enumerate(names):
+        t, p = y == c, pred == c
+        out[f"{name}_acc"] = float(np.mean(t == p))
+        out[f"{name}_F1"] = weighted_f1(t, p)
+    return out
 
 
 def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None) -> dict[str, float]:

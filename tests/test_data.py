@@ -321,7 +321,9 @@ def test_dataset_items_dataloader_and_batch(tmp_path):
     assert set(item["unimodal_labels"]) == {"T", "A", "V"}
     loader = torch.utils.data.DataLoader(sp, batch_size=4, shuffle=False, collate_fn=data.collate_mmsa)
     b = next(iter(loader))
-    assert set(b) == {"inputs", "masks", "labels", "index", "unimodal_labels"}
+    # the file has MMSA's classification_labels (all 1 here): they come as class indices
+    assert set(b) == {"inputs", "masks", "labels", "index", "unimodal_labels", "class_labels"}
+    assert b["class_labels"].dtype == torch.int64 and b["class_labels"].tolist() == [1, 1, 1, 1]
     assert b["inputs"]["audio"].shape == (4, 7, 3) and b["inputs"]["audio"].dtype == torch.float32
     assert b["masks"]["vision"].shape == (4, 5) and b["masks"]["vision"].dtype == torch.bool
     assert b["labels"].shape == (4,) and b["labels"].dtype == torch.float32
@@ -331,6 +333,7 @@ def test_dataset_items_dataloader_and_batch(tmp_path):
         assert torch.equal(direct["masks"][m], b["masks"][m])
     torch.testing.assert_close(direct["labels"], b["labels"])
     torch.testing.assert_close(direct["unimodal_labels"]["A"], b["unimodal_labels"]["A"])
+    assert torch.equal(direct["class_labels"], b["class_labels"])
     with pytest.raises(IndexError):
         sp[5]
     with pytest.raises(IndexError):
@@ -503,3 +506,13 @@ def test_bert_encoder_without_transformers(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(ImportError, match="optional package 'transformers'.*text='features'"):
         data.BertTextEncoder(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.array([0.5, 1, 2, 0, 1]), np.array([-1, 0, 1, 0, 1]), np.array([0, np.nan, 1, 0, 1]),
+                                 np.array(["a", "b", "c", "d", "e"], dtype=object), np.array([0, 1, 2])])
+def test_unusable_classification_labels_are_left_out_not_refused(tmp_path, bad):
+    """MMSA deprecated the key: a damaged one must not stop a regression user from loading."""
+    path, obj = _file(tmp_path, over={("train", "classification_labels"): bad})
+    d = data.load_mmsa(path)
+    assert d.split("train").class_labels is None
+    assert d.split("valid").class_labels is not None  # the intact splits keep theirs

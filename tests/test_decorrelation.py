@@ -49,6 +49,11 @@ def test_exactly_decorrelated_columns_give_zero(backend):
     for _ in range(3):
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     z = h[:, 1:] * torch.linspace(0.5, 4.0, 7) + torch.arange(7.0)
+    if backend == "torch":
+        # float64 on the reference: a float32 CPU GEMM need not be exact even on these small
+        # integers (seen: 2e-6 off-diagonal on one machine), and the claim is about the loss,
+        # not about one BLAS's float32 rounding; the Triton kernels take float32 only
+        z = z.double()
     loss, g = value_and_grad(lambda x: decorrelation_loss(x, backend=backend), z)
     assert loss.abs().item() < 1e-12
     assert g.abs().max().item() < 1e-6

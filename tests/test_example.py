@@ -1,20 +1,36 @@
-"""The drop-in example runs end to end with tiny settings and scores both models."""
+"""The worked examples run end to end with tiny settings and score both of their models."""
 
 import importlib.util
 import math
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dropin_late_fusion.py"
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_dropin_example_runs_tiny(capsys):
-    spec = importlib.util.spec_from_file_location("dropin_late_fusion", EXAMPLE)
+def _run(name, tmp_path):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    scores = mod.main(["--tiny"])
-    assert set(scores) == {"late fusion", "late fusion + FSRFLayer"}
-    for per_condition in scores.values():
-        assert set(per_condition) == {"complete", "intra r=0.5", "only L", "only A", "only V", "only AV"}
-        assert all(math.isfinite(v) and v >= 0 for v in per_condition.values())
-    out = capsys.readouterr().out
-    assert "test MAE" in out and "late fusion + FSRFLayer" in out
+    return mod.main(["--tiny", "--out", str(tmp_path / "runs")])
+
+
+@pytest.mark.parametrize("name, models, metrics", [
+    ("dropin_temporal", ["encoders + FSRFLayer", "encoders + concat fusion"], {"Has0_F1_score", "MAE"}),
+    ("emotion_classifier", ["GRU + FSRFLayer", "GRU + mean pooling"],
+     {"Acc", "WF1", "MacroF1", "sad_acc", "neutral_F1", "happy_F1", "angry_acc"}),
+])
+def test_example_runs_tiny(name, models, metrics, tmp_path):
+    res = _run(name, tmp_path)
+    assert list(res["models"]) == models
+    for entry in res["models"].values():
+        for kind, conds in entry["mean"].items():
+            assert conds, kind
+            for cond, values in conds.items():
+                assert metrics <= set(values), (kind, cond)
+                assert all(math.isfinite(values[m]) for m in metrics)
+    md = (tmp_path / "runs" / "comparison.md").read_text(encoding="utf-8")
+    assert all(m in md for m in models)
+    if name == "emotion_classifier":
+        assert "WF1 by intra-modal missing rate" in md and "Acc by available modalities" in md

@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import write_tiny_mmsa
 from fsrf import cli
-from fsrf.data import load_mmsa, make_synthetic
+from fsrf.data import load_mmsa
 from fsrf.models import from_pretrained
 from fsrf.runtime import io as rio
 from fsrf.training.checkpoint import load_checkpoint
 from fsrf.training.results import read_results
 
-TINY_DIMS = {"text": 16, "audio": 6, "vision": 5}
-TINY_LENS = {"text": 6, "audio": 6, "vision": 6}
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -94,9 +93,7 @@ def _no_temps(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.pkl"
-    make_synthetic("mosei", path, n_train=40, n_valid=16, n_test=16, seed=3, dims=TINY_DIMS, seq_lens=TINY_LENS)
-    return path
+    return write_tiny_mmsa(tmp_path_factory.mktemp("data") / "tiny.pkl")
 
 
 @pytest.fixture(scope="module")

@@ -269,3 +269,54 @@ def test_rounding_arguments_are_checked():
         metrics.compute(P, Y, "mosi", ndigits=4.0)
     with pytest.raises(KeyError, match="metric name must be one of"):
         metrics.round_metric("Acc_9", 0.5, 4)
+
+
+# -- classification (IEMOCAP-style) ------------------------------------------------------------
+
+def test_classification_metrics_against_a_hand_computation():
+    from fsrf.metrics import classification
+
+    y = np.array([0, 0, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 2, 0, 2])
+    logits = np.eye(3)[pred] * 2.0 - 0.5  # argmax is pred
+    m = classification(logits, y, class_names=["neu", "hap", "ang"])
+    # per class (TP, FP, FN): 0 -> (1, 1, 1) F1 1/2, support 2; 1 -> (1, 1, 0) F1 2/3, support 1;
+    # 2 -> (2, 0, 1) F1 4/5, support 3
+    assert m["Acc"] == pytest.approx(4 / 6)
+    assert m["WF1"] == pytest.approx((2 * 0.5 + 1 * 2 / 3 + 3 * 0.8) / 6)
+    assert m["MacroF1"] == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    # "neu" against the rest: t = 110000, p = 100010 -> 4 of 6 agree; F1(True) = 1/2 (support 2),
+    # F1(False) = 2*3 / (2*3 + 1 + 1) = 3/4 (support 4)
+    assert m["neu_acc"] == pytest.approx(4 / 6)
+    assert m["neu_F1"] == pytest.approx((2 * 0.5 + 4 * 0.75) / 6)
+    assert list(m)[:3] == ["Acc", "WF1", "MacroF1"]
+    assert classification(pred, y, class_names=["a", "b", "c"])["Acc"] == pytest.approx(4 / 6)
+
+
+def test_classification_f1_takes_the_true_labels_first():
+    from fsrf.metrics import classification
+
+    y = np.array([0, 0, 0, 1])
+    pred = np.array([0, 1, 1, 1])
+    # true first: F1_0 = 2/(2+0+2) = 1/2 (support 3), F1_1 = 2/(2+2+0) = 1/2 (support 1) -> 1/2;
+    # swapped, the weights would be the predicted counts (1 and 3) with the same F1s: equal here, so
+    # use the per-class supports of a case where they differ
+    assert classification(np.eye(2)[pred], y)["WF1"] == pytest.approx(0.5)
+    y2, p2 = np.array([0, 0, 0, 1, 1]), np.array([0, 1, 1, 1, 1])
+    # F1_0 = 2/(2+0+2) = 1/2 (support 3), F1_1 = 4/(4+2+0) = 2/3 (support 2): (3/2 + 4/3)/5
+    assert classification(np.eye(2)[p2], y2)["WF1"] == pytest.approx((1.5 + 4 / 3) / 5)
+
+
+@pytest.mark.parametrize("scores, labels, match", [
+    (np.zeros((4, 3)), np.array([0, 1, 2, 3]), r"labels must be class indices in \[0, 2\]"),
+    (np.zeros((4, 3)), np.array([0.0, 1.0, 2.0, 1.0]), r"labels must be \(N,\) integer class indices"),
+    (np.zeros((4, 3)), np.array([0, 1, 2]), "same, non-zero number of samples"),
+    (np.zeros((4, 1)), np.array([0, 0, 0, 0]), "C >= 2"),
+    (np.full((2, 2), np.nan), np.array([0, 1]), "NaN or Inf"),
+    (np.array([0, 1]), np.array([0, 1]), "need class_names"),
+])
+def test_classification_metrics_refuse_bad_input(scores, labels, match):
+    from fsrf.metrics import classification
+
+    with pytest.raises(ValueError, match=match):
+        classification(scores, labels)

@@ -15,6 +15,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding=
 PUBLIC = [
     ("fsrf.FSRFLayer", "fsrf.nn.layer"), ("fsrf.FSRFOutput", "fsrf.nn.layer"),
     ("fsrf.FSRFModel", "fsrf.models.fsrf_model"), ("fsrf.FSRFConfig", "fsrf.config"),
+    ("fsrf.FSRFObjective", "fsrf.models.objective"),
     ("fsrf.info", "fsrf"), ("fsrf.set_backend", "fsrf.runtime.backend"),
     ("fsrf.get_backend", "fsrf.runtime.backend"), ("fsrf.use_backend", "fsrf.runtime.backend"),
     ("fsrf.set_check_finite", "fsrf.runtime.backend"),
@@ -26,7 +27,7 @@ PUBLIC = [
     ("fsrf.ops.factor_constraints", "fsrf.ops.factor_constraints"),
     ("fsrf.ops.kl_divergence", "fsrf.ops.kl_divergence"), ("fsrf.ops.mmd", "fsrf.ops.mmd"),
     ("fsrf.missing.corrupt", "fsrf.missing"), ("fsrf.missing.corrupt_split", "fsrf.missing"),
-    ("fsrf.metrics.compute", "fsrf.metrics"),
+    ("fsrf.metrics.compute", "fsrf.metrics"), ("fsrf.metrics.classification", "fsrf.metrics"),
     ("fsrf.data.load_mmsa", "fsrf.data.mmsa"), ("fsrf.data.make_synthetic", "fsrf.data.synthetic"),
     ("fsrf.data.describe", "fsrf.data.mmsa"),
     ("fsrf.training.fit", "fsrf.training.trainer"), ("fsrf.training.run_demo", "fsrf.training.demo"),
@@ -69,15 +70,15 @@ def _python_blocks() -> list[str]:
 
 
 def test_readme_layer_example_runs():
-    """The 'Using the layer in your model' block, with the user's head and task loss stubbed."""
+    """The 'Using the layer in your model' block, as written."""
     block = next(b for b in _python_blocks() if "FSRFLayer(" in b)
-    head = torch.nn.Linear(128, 1)
-    scope = {"my_head": head, "task_loss": lambda p, y: (p.reshape(-1) - y.reshape(-1)).abs().mean(),
-             "y": torch.randn(8)}
+    scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - the documentation itself is the test
-    assert scope["out"].fused.shape == (8, 128)
-    assert set(scope["das"]) == {"kl", "dist", "recov"}
     assert torch.isfinite(scope["loss"])
+    assert {"task_a", "task_b", "orth", "kl", "dist", "recov", "pred", "total"} <= set(scope["parts"])
+    assert scope["pred"].shape == (8,)
+    assert scope["out"].fused.shape == (8, 128)
+    assert scope["layer"].enc_hom[0].weight.grad is not None  # the backward reached the layer
 
 
 def test_readme_ops_example_names_exist():

@@ -12,7 +12,7 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
     from fsrf.data import make_synthetic
 
     path = make_synthetic(args.preset, args.out, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
-                          seed=args.seed, aligned=args.aligned, generator=args.generator)
+                          seed=args.seed, aligned=args.aligned, generator=args.generator, classes=args.classes)
     print(f"wrote {path}")
     return 0
 
@@ -34,6 +34,9 @@ def _add_make_synthetic(sub) -> None:
     # would load torch just to build the parser.
     p.add_argument("--generator", choices=["factor", "events"], default="factor",
                    help="data-generating structure (default factor)")
+    p.add_argument("--classes", type=int, default=None, metavar="C",
+                   help="write C nominal class labels (classification_labels; 4: sad, neutral, happy, angry) "
+                        "for a classifier, instead of MMSA's 3 sentiment classes")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                    help="aligned_50-style file (default for mosi/mosei)")

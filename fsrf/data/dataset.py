@@ -5,7 +5,8 @@ The model consumes batches of the form::
     {"inputs": {"text": (B, T_t, D_t), "audio": (B, T_a, D_a), "vision": (B, T_v, D_v)},  # float32
      "masks":  {"text": (B, T_t) bool, ...},   # True = valid (not padding) and observed
      "labels": (B,) float32, "index": (B,) int64,
-     "unimodal_labels": {"T": (B,), "A": (B,), "V": (B,)}}   # SIMS only
+     "unimodal_labels": {"T": (B,), "A": (B,), "V": (B,)},    # SIMS only
+     "class_labels": (B,) int64}                              # when the file has class labels
 
 Either through a ``DataLoader`` with :func:`collate_mmsa`, or directly with
 :meth:`MMSASplit.batch` (no per-item overhead). With ``text_source == "bert_ids"`` the text
@@ -37,6 +38,9 @@ class MMSASplit(torch.utils.data.Dataset):
             for how it is derived) and, after :mod:`fsrf.missing`, observed.
         labels: ``(N,)`` float32 regression labels (``regression_labels``).
         unimodal_labels: ``{"T"|"A"|"V": (N,) float32}`` (SIMS only; empty otherwise).
+        class_labels: ``(N,)`` int64 class indices (``classification_labels``) when the file has
+            them, else None: what a classifier (``FSRFObjective(task="classification")``) trains on.
+        class_names: the names of the classes, in index order, when the file says them, else None.
         lengths: ``{modality: (N,) int64}`` true lengths from the file (``audio``/``vision`` in
             unaligned files; ``text`` from the BERT attention mask when present).
         text_bert: ``(N, 3, L)`` int64 BERT ids when the file has them (kept in both text modes,
@@ -49,7 +53,8 @@ class MMSASplit(torch.utils.data.Dataset):
                  labels: np.ndarray, *, unimodal_labels: Mapping[str, np.ndarray] | None = None,
                  lengths: Mapping[str, np.ndarray] | None = None, text_bert: np.ndarray | None = None,
                  ids: Sequence[str] | None = None, raw_text: Sequence[str] | None = None,
-                 text_source: str = "features"):
+                 text_source: str = "features", class_labels: np.ndarray | None = None,
+                 class_names: Sequence[str] | None = None):
         self.name = name
         self.features = dict(features)
         self.masks = dict(masks)
@@ -61,7 +66,12 @@ class MMSASplit(torch.utils.data.Dataset):
         self.ids = ids
         self.raw_text = raw_text
         self.text_source = text_source
+        self.class_labels = None if class_labels is None else np.asarray(class_labels, dtype=np.int64).reshape(-1)
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
         n = len(self.labels)
+        if self.class_labels is not None and len(self.class_labels) != n:
+            raise ValueError(f"split '{name}': expected {n} class labels (one per sample); got "
+                             f"{len(self.class_labels)}")
         if set(self.features) != set(self.masks):
             raise ValueError(f"split '{name}': features have modalities {sorted(self.features)} but masks "
                              f"have {sorted(self.masks)}")
@@ -99,6 +109,8 @@ class MMSASplit(torch.utils.data.Dataset):
         item["masks"] = {m: torch.from_numpy(self.masks[m][i]) for m in self.modalities}
         item["label"] = float(self.labels[i])
         item["index"] = i
+        if self.class_labels is not None:
+            item["class_label"] = int(self.class_labels[i])
         if self.unimodal_labels:
             item["unimodal_labels"] = {k: float(v[i]) for k, v in self.unimodal_labels.items()}
         return item
@@ -124,6 +136,8 @@ class MMSASplit(torch.utils.data.Dataset):
         }
         if self.unimodal_labels:
             out["unimodal_labels"] = {k: torch.from_numpy(v[idx].copy()) for k, v in self.unimodal_labels.items()}
+        if self.class_labels is not None:
+            out["class_labels"] = torch.from_numpy(self.class_labels[idx].copy())
         return out
 
     def with_arrays(self, features: Mapping[str, np.ndarray] | None = None,
@@ -142,7 +156,8 @@ class MMSASplit(torch.utils.data.Dataset):
             tb = f["text"]
         return MMSASplit(name or self.name, f, k, self.labels, unimodal_labels=self.unimodal_labels,
                          lengths=self.lengths, text_bert=tb, ids=self.ids, raw_text=self.raw_text,
-                         text_source=self.text_source)
+                         text_source=self.text_source, class_labels=self.class_labels,
+                         class_names=self.class_names)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{m}={tuple(self.features[m].shape)}" for m in self.modalities)
@@ -151,7 +166,7 @@ class MMSASplit(torch.utils.data.Dataset):
 
 def collate_mmsa(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Collate :meth:`MMSASplit.__getitem__` items into ``{"inputs", "masks", "labels", "index"}``
-    (plus ``"unimodal_labels"`` when the items carry them); use as a ``DataLoader``'s
+    (plus ``"unimodal_labels"`` and ``"class_labels"`` when the items carry them); use as a ``DataLoader``'s
     ``collate_fn``."""
     if len(batch) == 0:
         raise ValueError("collate_mmsa got an empty batch")
@@ -166,4 +181,6 @@ def collate_mmsa(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         keys = batch[0]["unimodal_labels"].keys()
         out["unimodal_labels"] = {k: torch.tensor([b["unimodal_labels"][k] for b in batch], dtype=torch.float32)
                                   for k in keys}
+    if "class_label" in batch[0]:
+        out["class_labels"] = torch.tensor([b["class_label"] for b in batch], dtype=torch.int64)
     return out

@@ -16,6 +16,8 @@ key                       shape                 use here
 ``regression_labels``     (N,)                  the label
 ``regression_labels_T``,  (N,)                  SIMS unimodal labels (when present)
 ``_A``, ``_V``
+``classification_labels`` (N,)                  class indices for a classifier, when integer-valued
+                                                and non-negative (else left out)
 ``id``, ``raw_text``      (N,)                  kept as lists of str when present
 ========================  ====================  ==============================================
 
@@ -236,6 +238,27 @@ def _labels(raw: dict, key: str, *, path: str, split: str, n: int | None) -> np.
     return y
 
 
+def _class_labels(raw: dict, n: int) -> np.ndarray | None:
+    """``classification_labels`` as (N,) int64 class indices, or None when absent or unusable.
+
+    MMSA deprecated the key (its 3 classes are read from the regression label), so a damaged one
+    must not stop a regression user from loading the file: it is left out here, and a classifier
+    trained on the file is refused for lacking class labels.
+    """
+    if "classification_labels" not in raw:
+        return None
+    try:
+        c = np.asarray(raw["classification_labels"])
+    except (TypeError, ValueError):
+        return None
+    if c.dtype == object or not np.issubdtype(c.dtype, np.number) or c.size != n:
+        return None
+    c = c.reshape(-1).astype(np.float64)
+    if not np.all(np.isfinite(c)) or np.any(c != np.round(c)) or (c.size and c.min() < 0):
+        return None
+    return c.astype(np.int64)
+
+
 def _to_float32(x: np.ndarray, *, path: str, split: str, key: str, nonfinite: str, neg_inf_to_zero: bool) -> np.ndarray:
     # The unpickled arrays are private to the loader, so a writable float32 array is edited in
     # place (no second copy of a multi-GB array); others are converted. Scanning goes in chunks so
@@ -305,7 +328,8 @@ def _strings(raw: dict, key: str, n: int, *, path: str, split: str) -> list[str]
     return vals
 
 
-def _read_split(raw: Any, split: str, *, path: str, text: str, nonfinite: str, too_long: dict) -> MMSASplit:
+def _read_split(raw: Any, split: str, *, path: str, text: str, nonfinite: str, too_long: dict,
+                class_names: Any = None) -> MMSASplit:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: split '{split}' must be a dict of arrays; found {type(raw).__name__}")
     y = _labels(raw, "regression_labels", path=path, split=split, n=None)
@@ -365,7 +389,8 @@ def _read_split(raw: Any, split: str, *, path: str, text: str, nonfinite: str, t
                      unimodal_labels=uni, lengths=lengths, text_bert=text_bert,
                      ids=_strings(raw, "id", n, path=path, split=split),
                      raw_text=_strings(raw, "raw_text", n, path=path, split=split),
-                     text_source="bert_ids" if text == "bert_ids" else "features")
+                     text_source="bert_ids" if text == "bert_ids" else "features",
+                     class_labels=_class_labels(raw, n), class_names=class_names)
 
 
 def _guess_kind(splits: dict[str, MMSASplit], dims: dict[str, int], path: str, synthetic: dict | None) -> str | None:
@@ -442,7 +467,9 @@ def load_mmsa(path: str | os.PathLike, *, text: str = "features", check_sha256: 
     splits = {}
     too_long: dict[tuple[str, str], tuple[int, int, int]] = {}
     for s in SPLITS:
-        splits[s] = _read_split(data[s], s, path=path, text=text, nonfinite=nonfinite, too_long=too_long)
+        names = synthetic.get("class_names") if synthetic else None
+        splits[s] = _read_split(data[s], s, path=path, text=text, nonfinite=nonfinite, too_long=too_long,
+                                class_names=names if isinstance(names, (list, tuple)) else None)
         data[s] = None  # release the raw (often float64) arrays before reading the next split
     del data
     if too_long:

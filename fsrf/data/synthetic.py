@@ -193,8 +193,33 @@ def _lengths(rng: np.random.Generator, n: int, L: int, frac_mean: float, lo: int
     return np.clip(ln, min(lo, L), L)
 
 
+def _emotion_classes(rng: np.random.Generator, y_star: np.ndarray, unimodal: Mapping[str, np.ndarray],
+                     classes: int) -> np.ndarray:
+    """Nominal class labels: the sector of a circumplex-like plane in which each sample falls.
+
+    One axis is the sentiment (the noisy standardised label), the other what audio says beyond
+    vision (their unimodal sentiments' difference), each with noise; ``classes`` equal angular
+    sectors of that plane are the classes. So a class needs the text-dominated sentiment and the
+    audio-vision contrast at once: no single modality determines it, and the classes are not an
+    ordering of one score.
+    """
+    u = y_star + 0.3 * rng.standard_normal(y_star.shape[0])
+    v = (unimodal["audio"] - unimodal["vision"]) / np.sqrt(2.0) + 0.3 * rng.standard_normal(y_star.shape[0])
+    sector = np.floor((np.arctan2(v, u) + np.pi) / (2 * np.pi / classes)).astype(np.int64)
+    return np.clip(sector, 0, classes - 1)
+
+
+def class_names_for(classes: int) -> tuple[str, ...]:
+    """Names of the synthetic classes: the four emotions of the usual IEMOCAP set for 4 (in sector
+    order: negative-calm, positive-calm, positive-aroused, negative-aroused), else ``class<k>``."""
+    if classes == 4:
+        return ("sad", "neutral", "happy", "angry")
+    return tuple(f"class{k}" for k in range(classes))
+
+
 def _split(rng: np.random.Generator, structure: str, world: dict, n: int, *, preset: str, cfg: dict,
-           dims: Mapping[str, int], lens: Mapping[str, int], aligned: bool, offset: int) -> tuple[dict, dict]:
+           dims: Mapping[str, int], lens: Mapping[str, int], aligned: bool, offset: int,
+           classes: int | None = None, class_rng: np.random.Generator | None = None) -> tuple[dict, dict]:
     """One split in the MMSA schema, and the generator's ground truth for tests.
 
     The generator gives ``y_star`` (the noisy label, standardised), ``unimodal`` (per modality a
@@ -260,6 +285,12 @@ def _split(rng: np.random.Generator, structure: str, world: dict, n: int, *, pre
     if not aligned:
         out["audio_lengths"] = lengths["audio"]
         out["vision_lengths"] = lengths["vision"]
+    if classes:
+        # a generator of its own, so that the rest of the file is what it is without classes
+        cls = _emotion_classes(class_rng, y_star, unimodal, classes)
+        names = class_names_for(classes)
+        out["classification_labels"] = cls
+        out["annotations"] = np.array([names[c] for c in cls], dtype=object)
     return out, truth
 
 
@@ -282,7 +313,7 @@ def _override(name: str, base: Mapping[str, int], new: Mapping[str, int] | None)
     return out
 
 
-def _settings(preset, *, n_train, n_valid, n_test, seed, aligned, dims, seq_lens, generator) -> dict:
+def _settings(preset, *, n_train, n_valid, n_test, seed, aligned, dims, seq_lens, generator, classes=None) -> dict:
     """Validated, completed arguments of :func:`make_synthetic`."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}")
@@ -305,8 +336,11 @@ def _settings(preset, *, n_train, n_valid, n_test, seed, aligned, dims, seq_lens
         raise ValueError(f"aligned files have one length for all modalities; got seq_lens {lens}")
     if lens["text"] < 4:
         raise ValueError(f"seq_lens['text'] must be >= 4 ([CLS], two tokens, [SEP]); got {lens['text']}")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, (int, np.integer))
+                                or classes < 2):
+        raise ValueError(f"classes must be an int >= 2 or None; got {classes!r}")
     return {"preset": preset, "seed": int(seed), "aligned": bool(aligned), "sizes": sizes, "dims": dims_,
-            "seq_lens": lens, "generator": generator}
+            "seq_lens": lens, "generator": generator, "classes": None if classes is None else int(classes)}
 
 
 def _generate(st: dict) -> tuple[dict, dict]:
@@ -323,7 +357,8 @@ def _generate(st: dict) -> tuple[dict, dict]:
     for k, (name, n) in enumerate(zip(_SPLITS, st["sizes"])):
         data[name], truth[name] = _split(np.random.default_rng([seed, k + 1]), st["generator"], world, n,
                                          preset=preset, cfg=PRESETS[preset], dims=dims, lens=lens, aligned=aligned,
-                                         offset=offset)
+                                         offset=offset, classes=st.get("classes"),
+                                         class_rng=np.random.default_rng([seed, 97, k + 1]))
         offset += n
     # "generator" is the tag fsrf.data.load_mmsa recognises; "structure" is left out for "factor" so
     # that its files stay byte-identical to those written before there was a second generator.
@@ -331,6 +366,9 @@ def _generate(st: dict) -> tuple[dict, dict]:
                       "aligned": aligned, "sizes": st["sizes"], "dims": dims, "seq_lens": lens}
     if st["generator"] != "factor":
         data["config"]["structure"] = st["generator"]
+    if st.get("classes"):
+        data["config"]["classes"] = st["classes"]
+        data["config"]["class_names"] = list(class_names_for(st["classes"]))
     return data, truth
 
 
@@ -339,14 +377,15 @@ def _generate_with_truth(preset: str, **kwargs) -> tuple[dict, dict]:
     (``label_clean``; for ``"events"`` also ``window``: ``{modality: (n, 2) [start, stop)}``), which
     the file itself never contains."""
     full = {"n_train": None, "n_valid": None, "n_test": None, "seed": 0, "aligned": None, "dims": None,
-            "seq_lens": None, "generator": "factor", **kwargs}
+            "seq_lens": None, "generator": "factor", "classes": None, **kwargs}
     return _generate(_settings(preset, **full))
 
 
 def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | None = None,
                    n_valid: int | None = None, n_test: int | None = None, seed: int = 0,
                    aligned: bool | None = None, dims: Mapping[str, int] | None = None,
-                   seq_lens: Mapping[str, int] | None = None, generator: str = "factor") -> Path:
+                   seq_lens: Mapping[str, int] | None = None, generator: str = "factor",
+                   classes: int | None = None) -> Path:
     """Write a synthetic MMSA feature pickle and return its path.
 
     Args:
@@ -368,6 +407,12 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
             (an event window marked in the text, a nonlinear label with a text × audio
             interaction, heavy-tailed label noise — see :mod:`fsrf.data.synthetic_events`). Both
             write the same schema, dims, lengths and label grids.
+        classes: ``None`` (default) keeps MMSA's 3-class ``classification_labels`` (negative,
+            neutral, positive from the label). An int C >= 2 writes C nominal classes instead
+            (:func:`_emotion_classes`: sectors of the plane of sentiment and audio-vision contrast;
+            for 4 they are named sad, neutral, happy, angry), with their names in ``annotations``
+            and ``config["class_names"]``: a class-labelled file for a classifier
+            (``FSRFObjective(task="classification")``). The regression labels stay as they are.
 
     The top-level ``"config"`` entry records the generator tag and its settings (MMSA loaders ignore
     it; :func:`fsrf.data.load_mmsa` uses it to report the preset). ``config["structure"]`` names the
@@ -375,7 +420,7 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
     byte-identical to those of earlier versions.
     """
     st = _settings(preset, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed, aligned=aligned,
-                   dims=dims, seq_lens=seq_lens, generator=generator)
+                   dims=dims, seq_lens=seq_lens, generator=generator, classes=classes)
     out_path = Path(os.fspath(out_path))
     folder = out_path.parent if str(out_path.parent) else Path(".")
     if not folder.is_dir():  # fail before spending time generating

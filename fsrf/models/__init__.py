@@ -5,7 +5,9 @@ optionally with ``training_loss(inputs, masks, labels, generator=None) -> (loss,
 training loop (:func:`fsrf.training.trainer`) and the comparison harness
 (:func:`fsrf.training.compare`) accept any of them. Built in:
 
-* :class:`FSRFModel` — :class:`fsrf.nn.FSRFLayer` plus a head and the full FSRF objective;
+* :class:`FSRFObjective` — the full FSRF objective around a user's :class:`fsrf.nn.FSRFLayer`,
+  head and optional encoder, for regression or classification (a model in the sense above);
+* :class:`FSRFModel` — the objective with a linear regression head;
 * :class:`LateFusion` — masked mean pooling + MLP, optionally with modality dropout;
 * :class:`MulT` — a MulT-style cross-modal transformer.
 
@@ -27,9 +29,10 @@ from torch import nn
 from fsrf.models.fsrf_model import FSRFModel
 from fsrf.models.late_fusion import LateFusion
 from fsrf.models.mult import MulT
+from fsrf.models.objective import TASKS, FSRFObjective
 from fsrf.models.pretrained import PretrainedMixin, _register_kind, from_pretrained, save_pretrained
 
-__all__ = ["FSRFModel", "LateFusion", "MulT", "MODEL_KINDS", "build_model", "rebuild_model", "ModelSpec",
+__all__ = ["FSRFModel", "FSRFObjective", "TASKS", "LateFusion", "MulT", "MODEL_KINDS", "build_model", "rebuild_model", "ModelSpec",
            "PretrainedMixin", "save_pretrained", "from_pretrained"]
 
 

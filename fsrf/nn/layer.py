@@ -340,10 +340,7 @@ class FSRFLayer(nn.Module):
         aux = fused.new_zeros((), dtype=torch.float32)
         if self.training:
             losses = self._dhf_losses(z, s, p, n, available)
-            aux = (cfg.w_orth * losses["orth"] + cfg.w_dered * losses["dered"]
-                   + cfg.w_hom * losses["hom"] + cfg.w_rec * losses["rec"])
-            if "loo" in losses:
-                aux = aux + cfg.w_recov * losses["loo"]
+            aux = cfg.weighted_aux(losses, zero=aux)
         return FSRFOutput(fused=fused, homogeneous=s_out, heterogeneous=p_out, noise=n, pooled=z,
                           available=available, losses=losses, aux_loss=aux, shared_mean=s_bar)
 

@@ -306,7 +306,14 @@ def eval_file(split: str) -> str:
     return "eval.json" if split == "test" else f"eval_{split}.json"
 
 
-def _metric_names(dataset: str | None) -> tuple[str, str]:
+def _metric_names(dataset: str | None, results: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """The two metrics of the tables: the binary F1 and MAE, or a classifier's weighted F1 and
+    accuracy (its results carry ``WF1``)."""
+    if results is not None:
+        first = next(iter(results["models"].values()), {}).get("mean", {})
+        cond = next((c for kind in first.values() for c in kind.values()), {})
+        if "WF1" in cond:
+            return ("WF1", "Acc")
     return ("F1_score", "MAE") if dataset == "sims" else ("Has0_F1_score", "MAE")
 
 
@@ -412,7 +419,7 @@ def format_comparison(results: Mapping[str, Any]) -> str:
     paired tests' p-values, F1 and MAE per intra-modal rate, and F1 per availability pattern
     (columns L, A, V, LA, LV, AV, LAV, Avg)."""
     meta = results.get("meta", {})
-    f1, mae = _metric_names(meta.get("dataset"))
+    f1, mae = _metric_names(meta.get("dataset"), results)
     ref = meta.get("reference") or next(iter(results["models"]))
     summary = results.get("summary") or summarise(results)
     tests = results.get("tests") or paired_tests(results, ref)

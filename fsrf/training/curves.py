@@ -3,7 +3,8 @@ and an optional TensorBoard writer.
 
 ``metrics.csv`` has one row per epoch: ``epoch`` (1-based), every loss part of the training
 objective averaged over the epoch's batches (``total``, ``task_a`` … as returned by the model's
-``training_loss``; ``loss`` for a model without one), ``select_mae`` (the model-selection score),
+``training_loss``; ``loss`` for a model without one), ``select_mae`` (the model-selection score;
+``select_ce``, the validation cross-entropy, for a classifier),
 ``lr`` and ``seconds``. It is rewritten atomically from the run's history after each epoch, so a
 resumed run continues it and a reader never sees half a file.
 """
@@ -27,7 +28,9 @@ METRICS_NAME = "metrics.csv"
 CURVES_NAME = "training_curves.png"
 
 _LEADING = ("epoch", "total", "task_a", "task_b", "loss")
-_TRAILING = ("select_mae", "lr", "seconds")
+#: The model-selection score of a regression model and of a classifier.
+SELECT_KEYS = ("select_mae", "select_ce")
+_TRAILING = (*SELECT_KEYS, "lr", "seconds")
 
 
 def _columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -60,7 +63,8 @@ def write_metrics_csv(history: Sequence[Mapping[str, Any]], path: str | os.PathL
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
                          best_epoch: int | None = None, title: str | None = None) -> Path:
     """Two panels: the objective and each loss part per epoch (log scale), and the selection
-    MAE with the selected epoch marked (``best_epoch`` 0-based). Written atomically as PNG."""
+    score (MAE, or cross-entropy for a classifier) with the selected epoch marked (``best_epoch``
+    0-based). Written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -69,7 +73,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     if not history:
         raise ValueError("plot_training_curves needs at least one epoch of history; got none")
     epochs = [int(r["epoch"]) + 1 for r in history]
-    parts = [c for c in _columns(history) if c not in ("epoch", "select_mae", "lr", "seconds", "aux_scale")]
+    parts = [c for c in _columns(history) if c not in ("epoch", *SELECT_KEYS, "lr", "seconds", "aux_scale")]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen parts: the default cycle repeats after 10
     for c in parts:
@@ -83,14 +87,15 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     ax.set_ylabel("training loss (mean over the epoch's batches)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    sel = [r.get("select_mae", float("nan")) for r in history]
+    key = next((k for k in SELECT_KEYS if k in history[0]), "select_mae")
+    sel = [r.get(key, float("nan")) for r in history]
     bx.plot(epochs, sel, marker="o", color="C3")
     if best_epoch is not None and 0 <= best_epoch < len(history):
         bx.axvline(best_epoch + 1, color="0.5", ls="--", lw=1)
         bx.annotate("selected", (best_epoch + 1, sel[best_epoch]), textcoords="offset points", xytext=(6, 6),
                     fontsize=8)
     bx.set_xlabel("epoch")
-    bx.set_ylabel("validation MAE (selection score)")
+    bx.set_ylabel(f"validation {'cross-entropy' if key == 'select_ce' else 'MAE'} (selection score)")
     bx.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -120,7 +125,7 @@ class TensorBoardLog:
         for k, v in row.items():
             if k == "epoch" or not isinstance(v, (int, float)):
                 continue
-            tag = k if k in ("select_mae", "lr", "seconds") else f"train/{k}"
+            tag = k if k in (*SELECT_KEYS, "lr", "seconds") else f"train/{k}"
             self._w.add_scalar(tag, float(v), step)
         self._w.flush()
 

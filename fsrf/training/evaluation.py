@@ -71,11 +71,18 @@ def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_
 
     Masks come from :func:`fsrf.missing.corrupt_split` with ``seed`` (default 1111, independent
     of the model seed), so every model sees the same corrupted data. Returns
-    ``{"intra": {"0.0": {metric: value}, ...}, "inter": {"l": {...}, ...}}``.
+    ``{"intra": {"0.0": {metric: value}, ...}, "inter": {"l": {...}, ...}}``: MMSA's regression
+    metrics of ``dataset``, or for a classifier (``model.task == "classification"``) those of
+    :func:`fsrf.metrics.classification` against the split's class labels.
     """
     from fsrf import metrics
     from fsrf.missing import corrupt_split
-    from fsrf.training.trainer import predict_split
+    from fsrf.training.trainer import model_task, predict_split
+
+    classify = model_task(model) == "classification"
+    if classify and split.class_labels is None:
+        raise ValueError(f"split '{split.name}' has no classification_labels; a classifier is evaluated against "
+                         f"class labels (fsrf make-synthetic --classes C writes a class-labelled file)")
 
     jobs = [("intra", f"{r:.1f}" if round(r, 1) == r else f"{r:g}", dict(rate=r)) for r in rates]
     jobs += [("inter", p, dict(rate=0.0, pattern=p)) for p in patterns]
@@ -87,7 +94,10 @@ def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_
     for kind, key, kw in it:
         sp = corrupt_split(split, seed=seed, **kw)
         pred = predict_split(model, sp, batch_size=batch_size, device=device)
-        res[kind][key] = metrics.compute(pred, sp.labels, dataset)
+        if classify:
+            res[kind][key] = metrics.classification(pred, sp.class_labels, class_names=sp.class_names)
+        else:
+            res[kind][key] = metrics.compute(pred, sp.labels, dataset)
     return res
 
 

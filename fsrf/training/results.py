@@ -177,7 +177,9 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _headline(dataset: str | None) -> list[str]:
+def _headline(dataset: str | None, seen=()) -> list[str]:
+    if "WF1" in seen:  # a classifier's results
+        return ["Acc", "WF1", "MacroF1"]
     if dataset == "sims":
         return ["F1_score", "Mult_acc_2", "Mult_acc_3", "MAE", "Corr"]
     return ["Has0_F1_score", "Non0_acc_2", "Mult_acc_7", "MAE", "Corr"]
@@ -200,8 +202,10 @@ def format_table(results: Mapping[str, Any], dataset: str | None = None) -> str:
         return float(np.mean(finite)) if finite else float("nan")
 
     dataset = dataset or results.get("meta", {}).get("dataset")
-    cols = _headline(dataset if isinstance(dataset, str) else None)
     models = list(results["models"])
+    first = results["models"][models[0]].get("mean", {}) if models else {}
+    seen = next((c for kind in ("intra", "inter") for c in first.get(kind, {}).values()), {})
+    cols = _headline(dataset if isinstance(dataset, str) else None, seen)
     lines: list[str] = []
     for kind, title, label in (("intra", "intra-modal frame dropping (rate)", "rate"),
                                ("inter", "inter-modal availability (pattern)", "pattern")):
@@ -236,7 +240,8 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
     """The robustness figure, written atomically as PNG: per metric a row of two panels — the
     metric against the intra missing rate (one line per model, ± std band over seeds) and per
     inter-modal pattern (grouped bars, ± std error bars). Rows: the binary F1 (``Has0_F1_score``,
-    ``F1_score`` on SIMS) and MAE, or ``metric`` alone when given."""
+    ``F1_score`` on SIMS) and MAE — for a classifier's results ``WF1`` and ``Acc`` — or
+    ``metric`` alone when given."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -251,7 +256,10 @@ def plot_robustness(results: Mapping[str, Any], path: str | os.PathLike, *, metr
             raise ValueError(f"metric must be one of the results' metrics {sorted(seen)}; got {metric!r}")
         metrics = [metric]
     else:
-        metrics = ["F1_score" if dataset == "sims" else "Has0_F1_score"] + (["MAE"] if "MAE" in seen else [])
+        if "WF1" in seen:  # a classifier's results
+            metrics = ["WF1", "Acc"]
+        else:
+            metrics = ["F1_score" if dataset == "sims" else "Has0_F1_score"] + (["MAE"] if "MAE" in seen else [])
     fig, grid = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 2]})
     for row, name in enumerate(metrics):

@@ -27,7 +27,7 @@ from fsrf.training.averaging import WeightAverage, epoch_decay
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.training.lock import FolderLock, lock_folder
 
-__all__ = ["TrainSettings", "fit", "load_model", "load_weights", "set_deterministic", "SELECTIONS"]
+__all__ = ["TrainSettings", "fit", "load_model", "load_weights", "set_deterministic", "SELECTIONS", "model_task"]
 
 SELECTIONS = ("valid", "lnln-test@0.5")
 
@@ -161,7 +161,8 @@ class _LossModule(nn.Module):
 
     A model with ``training_loss(inputs, masks, labels, generator=None)`` uses it (returning
     ``(loss, parts)`` or just ``loss``); any other model is trained on the L1 loss of its
-    predictions, MMSA's regression objective.
+    predictions, MMSA's regression objective, or on the cross-entropy of its logits when it is a
+    classifier (:func:`model_task`).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -171,7 +172,11 @@ class _LossModule(nn.Module):
     def forward(self, inputs, masks, labels, generator):
         fn = getattr(self.model, "training_loss", None)
         if fn is None:
-            loss = F.l1_loss(self.model(inputs, masks).float(), labels.float())
+            out = self.model(inputs, masks).float()
+            if model_task(self.model) == "classification":
+                loss = F.cross_entropy(out, labels)
+            else:
+                loss = F.l1_loss(out, labels.float())
             return loss, {"task_a": loss.detach(), "total": loss.detach()}
         out = fn(inputs, masks, labels, generator=generator)
         loss, parts = out if isinstance(out, tuple) else (out, {})
@@ -234,22 +239,44 @@ def predict_split(model: nn.Module, split, *, batch_size: int = 256, device: str
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+def model_task(model: nn.Module) -> str:
+    """``"regression"`` or ``"classification"``: the model's ``task`` attribute
+    (:class:`fsrf.FSRFObjective` has one), regression for a model without one."""
+    task = getattr(model, "task", "regression")
+    if task not in ("regression", "classification"):
+        raise ValueError(f"{type(model).__name__}.task must be 'regression' or 'classification'; got {task!r}")
+    return task
+
+
+def _select_key(task: str) -> str:
+    return "select_ce" if task == "classification" else "select_mae"
+
+
 def _selection_score(model, data, settings: TrainSettings, device: str) -> float:
+    """Validation MAE (regression) or mean cross-entropy of the logits (classification), averaged
+    over ``settings.select_rates``: lower is better."""
     from fsrf.missing import corrupt_split
 
     if settings.selection == "valid":
         split, rates = data.split("valid"), settings.select_rates
     else:
         split, rates = data.split("test"), (0.5,)
-    maes = []
+    task = model_task(model)
+    scores = []
     for r in rates:
         sp = corrupt_split(split, rate=r, seed=settings.eval_seed) if r > 0 else split
-        pred = predict_split(model, sp, batch_size=settings.eval_batch_size, device=device)
-        maes.append(float(np.mean(np.abs(pred.astype(np.float64) - sp.labels.astype(np.float64)))))
-    return float(np.mean(maes))
+        pred = predict_split(model, sp, batch_size=settings.eval_batch_size, device=device).astype(np.float64)
+        if task == "classification":
+            # log-sum-exp with the row maximum taken out: exact for any finite logits
+            top = pred.max(axis=1, keepdims=True)
+            lse = top[:, 0] + np.log(np.exp(pred - top).sum(axis=1))
+            scores.append(float(np.mean(lse - pred[np.arange(len(pred)), sp.class_labels])))
+        else:
+            scores.append(float(np.mean(np.abs(pred - sp.labels.astype(np.float64)))))
+    return float(np.mean(scores))
 
 
-def check_trainable(data, settings: TrainSettings, world_size: int = 1) -> None:
+def check_trainable(data, settings: TrainSettings, world_size: int = 1, task: str = "regression") -> None:
     """Refuse data that :func:`fit` cannot train on, naming the file and the split.
 
     The train split needs two samples per batch on every process (MMD and decorrelation are batch
@@ -267,6 +294,12 @@ def check_trainable(data, settings: TrainSettings, world_size: int = 1) -> None:
     if len(data.split(sel)) == 0:
         raise ValueError(f"{source}: split '{sel}' has 0 samples; model selection (selection="
                          f"{settings.selection!r}) needs at least one")
+    if task == "classification":
+        for name in ("train", sel):
+            if data.split(name).class_labels is None:
+                raise ValueError(f"{source}: split '{name}' has no usable classification_labels (non-negative "
+                                 f"integer class indices); a classifier needs them (fsrf make-synthetic --classes C "
+                                 f"writes a class-labelled file)")
 
 
 def _load_for_resume(path: Path, fix: str) -> dict[str, Any]:
@@ -276,9 +309,10 @@ def _load_for_resume(path: Path, fix: str) -> dict[str, Any]:
         raise ValueError(f"cannot resume: {exc}; {fix}") from None
 
 
-def _to_device(b: dict, device: str):
+def _to_device(b: dict, device: str, task: str = "regression"):
+    labels = b["class_labels"] if task == "classification" else b["labels"]
     return ({m: x.to(device) for m, x in b["inputs"].items()}, {m: x.to(device) for m, x in b["masks"].items()},
-            b["labels"].to(device))
+            labels.to(device))
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -324,9 +358,9 @@ def fit(data, out_dir: str | os.PathLike, *, config: FSRFConfig | None = None, s
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {settings.device!r} requested but CUDA is not available")
 
-    check_trainable(data, settings, world)
     dims = {m: int(d) for m, d in data.dims.items()}
     net_model = spec.instantiate(dims).to(device)
+    check_trainable(data, settings, world, task=model_task(net_model))
     opt = torch.optim.AdamW(net_model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     lock: FolderLock | None = None
@@ -353,6 +387,9 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     is_main = rank == 0
     train = data.split("train")
     dims = {m: int(d) for m, d in data.dims.items()}
+    task = model_task(model)
+    sel_key = _select_key(task)
+    sel_name = "select CE" if task == "classification" else "select MAE"
     history: list[dict[str, float]] = []
     start_epoch, best_score, best_epoch, bad = 0, math.inf, -1, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -439,7 +476,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
                              "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
                              "history": history, "torch_rng": resumed_rng, **_avg_entry(avg)}, last_path)
         say(f"{rebuild_reason}: model selection restarts from {last_path} (epoch {start_epoch}, "
-            f"select MAE {best_score:.4f})")
+            f"{sel_name} {best_score:.4f})")
 
     net: nn.Module = _LossModule(model)
     if world > 1:
@@ -482,7 +519,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             idx = order[start:start + settings.batch_size]
             if len(idx) < 2:
                 continue  # batch statistics (MMD, decorrelation) need two samples
-            inputs, masks, labels = _to_device(split.batch(idx), device)
+            inputs, masks, labels = _to_device(split.batch(idx), device, task)
             timed = settings.compile and len(idx) not in compiled_shapes
             if settings.compile:
                 _check_batch_finite(inputs, labels)
@@ -522,9 +559,9 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
                                      f"lower --lr or check the data")
         score, selected = _score_selected(model, avg, data, settings, device)
         if not math.isfinite(score):
-            raise FloatingPointError(f"the selection MAE is {score} at epoch {epoch + 1}: the model predicts "
-                                     f"non-finite values; lower --lr or check the data")
-        row = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, "select_mae": score,
+            raise FloatingPointError(f"the selection score ({sel_name}) is {score} at epoch {epoch + 1}: the model "
+                                     f"predicts non-finite values; lower --lr or check the data")
+        row = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, sel_key: score,
                "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
         history.append(row)
         improved = score < best_score - 1e-6
@@ -545,7 +582,7 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
             if tb is not None:
                 tb.log_epoch(row)
         say(f"epoch {epoch + 1}/{settings.epochs}: loss {row.get('total', float('nan')):.4f}  "
-            f"task {row.get('task_a', float('nan')):.4f}  select MAE {score:.4f}"
+            f"task {row.get('task_a', float('nan')):.4f}  {sel_name} {score:.4f}"
             f"{'  *best*' if improved else ''}  ({row['seconds']:.1f}s)")
         if world > 1:
             dist.barrier()

@@ -56,8 +56,12 @@ class FSRFConfig:
     Architecture
         ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the
         fused output, default d), ``conv_kernel`` (temporal kernel of the input projection:
-        an int for every modality or ``{name: int}``; 1 means a ``Linear``), ``dropout``
-        (inside the MLPs), ``attn_dropout``.
+        an int for every modality or ``{name: int}``; 1 means a ``Linear``), ``encoder_layers``
+        (0: one masked cross-modal attention per modality with a residual, the encoder of every
+        round so far; L > 0: per modality L pre-norm transformer blocks of masked temporal
+        self-attention, then L cross-modal blocks over the other modalities, each with a
+        feed-forward network — the depth of the lineage's encoders, MulT's among them),
+        ``dropout`` (inside the MLPs and the blocks), ``attn_dropout``.
     Ablation switches
         ``dhf`` (factorization and its constraints; ``False`` fuses the plain pooled features),
         ``das`` (two-view self-distillation in :meth:`FSRFModel.training_loss`),
@@ -129,6 +133,7 @@ class FSRFConfig:
     d_factor: int | None = None
     d_out: int | None = None
     conv_kernel: int | dict[str, int] = 1
+    encoder_layers: int = 0
     dropout: float = 0.1
     attn_dropout: float = 0.0
 
@@ -199,6 +204,7 @@ class FSRFConfig:
 
         _int("d_model")
         _int("num_heads")
+        _int("encoder_layers", 0)
         if self.d_model % self.num_heads:
             raise ValueError(f"FSRFConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         for name in ("d_factor", "d_out"):

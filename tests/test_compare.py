@@ -245,3 +245,35 @@ def test_replicates_of_other_models_or_protocols_are_refused():
         merge_replicates([r1, r1], labels=["x", "x"])
     with pytest.raises(TypeError, match=r"runs\[1\] must be a results dict"):
         merge_replicates([r1, {"models": {}}])
+
+
+def test_the_term_ablations_keep_the_architecture_and_drop_only_their_terms():
+    from fsrf.cli.compare import MODEL_KEYS, parse_models
+    from fsrf.training.comparison import DAS_WEIGHTS, NO_AUX_NAME, NO_DAS_LOSSES_NAME, default_specs
+
+    specs = {s.name: s for s in default_specs(16, term_ablations=True, first_reconstruction=True)}
+    assert list(MODEL_KEYS.values()) == list(specs)  # the command line's keys name every spec, in order
+    assert {NO_AUX_NAME, NO_DAS_LOSSES_NAME} <= set(parse_models("all"))
+    dims = {"text": 6, "audio": 4, "vision": 3}
+    g = torch.Generator().manual_seed(0)
+    inputs = {m: torch.randn(8, 5, d, generator=g) for m, d in dims.items()}
+    masks = {m: torch.rand(8, 5, generator=g) > 0.3 for m in dims}
+    labels = torch.randn(8, generator=g)
+    full = specs["FSRF"].instantiate(dims)
+    for name in (NO_AUX_NAME, NO_DAS_LOSSES_NAME):
+        model = specs[name].instantiate(dims).train()
+        assert list(model.state_dict()) == list(full.state_dict()), name  # the same architecture
+        cfg = model.config
+        assert cfg.das, name  # view B and its task loss stay
+        loss, parts = model.training_loss(inputs, masks, labels)
+        kept = {"orth": cfg.w_orth, "dered": cfg.w_dered, "hom": cfg.w_hom, "rec": cfg.w_rec,
+                "loo": cfg.w_recov, "kl": cfg.w_kl, "dist": cfg.w_dist, "recov": cfg.w_recov, "pred": cfg.w_pred}
+        aux = sum(w * parts[k].item() for k, w in kept.items())
+        want = parts["task_a"].item() + parts["task_b"].item() + parts["aux_scale"].item() * aux
+        assert loss.item() == pytest.approx(want, rel=1e-6)
+        assert parts["task_b"].item() > 0
+        if name == NO_AUX_NAME:
+            assert aux == 0.0 and loss.item() == pytest.approx(parts["task_a"].item() + parts["task_b"].item())
+        else:
+            assert all(getattr(cfg, w) == 0.0 for w in DAS_WEIGHTS)
+            assert cfg.w_orth > 0 and cfg.w_hom > 0 and parts["orth"].item() > 0  # the DHF terms stay

@@ -50,7 +50,7 @@ def test_average_is_the_weighted_sum_of_the_snapshots():
         torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-6)
 
 
-def test_applied_restores_the_live_weights_and_leaves_buffers():
+def test_applied_restores_the_live_weights_and_running_statistics():
     net = nn.BatchNorm1d(3)
     avg = WeightAverage(net, decay=0.5)
     with torch.no_grad():
@@ -60,10 +60,46 @@ def test_applied_restores_the_live_weights_and_leaves_buffers():
     with pytest.raises(RuntimeError, match="inside"):
         with avg.applied(net):
             assert torch.equal(net.weight, torch.ones(3))  # the average still holds the initial weights
-            assert torch.equal(net.running_mean, torch.full((3,), 7.0))
+            assert torch.equal(net.running_mean, torch.zeros(3))  # ... and the initial statistics
+            assert int(net.num_batches_tracked) == int(live["num_batches_tracked"])  # a counter is not averaged
             raise RuntimeError("inside")
     for k, v in net.state_dict().items():
         assert torch.equal(v, live[k]), k
+
+
+def test_running_statistics_are_averaged_like_the_weights():
+    """The pooling's running centre under the average is the same weighted sum of its snapshots as
+    the weights (float64, the independent form of the first test); its batch counter is the live one."""
+    from fsrf.nn import ShrinkagePool
+
+    torch.manual_seed(1)
+    net = nn.ModuleDict({"lin": nn.Linear(4, 4), "pool": ShrinkagePool(4)})
+    avg = WeightAverage(net, decay=0.8)
+    snaps_w, snaps_c, decays = [net["lin"].weight.detach().double().clone()], [net["pool"].center.double().clone()], []
+    for _ in range(12):
+        x = torch.randn(6, 5, 4) + 3.0
+        net["pool"](net["lin"](x), torch.rand(6, 5) > 0.2)  # training mode: updates the running estimates
+        with torch.no_grad():
+            net["lin"].weight.add_(0.1 * torch.randn(4, 4))
+        decays.append(avg.current_decay())
+        avg.update(net)
+        snaps_w.append(net["lin"].weight.detach().double().clone())
+        snaps_c.append(net["pool"].center.double().clone())
+    coef = [float(np.prod(decays))] + [(1 - decays[k]) * float(np.prod(decays[k + 1:])) for k in range(12)]
+    live_tracked = net["pool"].tracked.clone()
+    with avg.applied(net):
+        torch.testing.assert_close(net["lin"].weight.double(), sum(c * s for c, s in zip(coef, snaps_w)))
+        torch.testing.assert_close(net["pool"].center.double(), sum(c * s for c, s in zip(coef, snaps_c)))
+        assert torch.equal(net["pool"].tracked, live_tracked)
+    torch.testing.assert_close(net["pool"].center.double(), snaps_c[-1])
+    # a state saved before the statistics were averaged loads, and they start from the model's
+    state = avg.state_dict()
+    assert list(state["buffers"]) == ["pool.center", "pool.noise_var"]
+    old = {k: v for k, v in state.items() if k != "buffers"}
+    again = WeightAverage(net, decay=0.8)
+    again.load_state_dict(old)
+    with again.applied(net):
+        torch.testing.assert_close(net["pool"].center.double(), snaps_c[-1])
 
 
 def test_low_precision_parameters_are_averaged_in_float32():
@@ -124,10 +160,14 @@ def test_best_checkpoint_holds_the_average_and_last_the_live_weights(tiny_data, 
     wa = last["weight_average"]
     assert wa["steps"] == 3 and wa["decay"] == pytest.approx(1 - 1 / 3)
     assert set(wa["average"]) < set(best["model"])
+    # the default FSRF pools its private parts with ShrinkagePool: its running statistics are averaged
+    assert wa["buffers"] and all(n.endswith(("center", "noise_var")) for n in wa["buffers"])
+    averaged = {**wa["average"], **wa["buffers"]}
     for name, v in best["model"].items():
-        # parameters: the average; buffers: the live model's
-        assert torch.equal(v, wa["average"].get(name, last["model"][name])), name
+        # parameters and running statistics: the average; other buffers (counters): the live model's
+        assert torch.equal(v, averaged.get(name, last["model"][name])), name
     assert any(not torch.equal(wa["average"][n], last["model"][n]) for n in wa["average"])
+    assert any(not torch.equal(wa["buffers"][n], last["model"][n]) for n in wa["buffers"])
 
 
 def test_resume_reproduces_the_average(tiny_data, tmp_path):

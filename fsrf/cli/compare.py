@@ -17,7 +17,8 @@ SPLITS = ("test", "valid")
 #: (``all`` is every one but ``fsrf-first``, the method before docs/FSRF_METHOD.md §7).
 MODEL_KEYS = {
     "fsrf": "FSRF", "fsrf-first": "FSRF (first reconstruction)", "fsrf-no-dhf": "FSRF w/o DHF", "fsrf-no-das": "FSRF w/o DAS",
-    "fsrf-no-recovery": "FSRF w/o recovery", "late-fusion": "late fusion",
+    "fsrf-no-recovery": "FSRF w/o recovery", "fsrf-no-aux": "FSRF w/o aux terms",
+    "fsrf-no-das-losses": "FSRF w/o DAS losses", "late-fusion": "late fusion",
     "late-fusion-md": "late fusion + modality dropout", "mult": "MulT",
 }
 
@@ -44,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     data, kind = load_dataset(args.data, args.dataset, strict=args.strict)
     # --config gives the whole FSRFConfig of the full model; otherwise the defaults at --d-model
     cfg = model_config(args, {}) if args.config else model_config(args, {}).replace(d_model=args.d_model)
-    specs = [s for s in default_specs(args.d_model, fsrf_config=cfg, first_reconstruction=MODEL_KEYS["fsrf-first"] in names)
+    specs = [s for s in default_specs(args.d_model, fsrf_config=cfg, term_ablations=True,
+                                      first_reconstruction=MODEL_KEYS["fsrf-first"] in names)
              if s.name in names]
     settings = train_settings(args, {"epochs": 20})
     with locked_output(args.out):

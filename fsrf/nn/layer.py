@@ -75,6 +75,29 @@ class _Projection(nn.Module):
         return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
 
 
+class _AttentionBlock(nn.Module):
+    """A pre-norm transformer block over a partly observed sequence: masked attention of ``x`` over
+    ``kv`` (``x`` itself for temporal self-attention, the other modalities for a cross-modal block),
+    then a feed-forward network, each added to ``x``. The lineage's encoders (MulT's cross-modal
+    transformers, MISA's and DMD's temporal layers) stack such blocks (§1.2, ``encoder_layers``)."""
+
+    def __init__(self, d: int, heads: int, dropout: float, attn_dropout: float, backend: str, *,
+                 cross: bool) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d)
+        self.norm_kv = nn.LayerNorm(d) if cross else None
+        self.attn = MaskedCrossModalAttention(d, heads, dropout=attn_dropout, backend=backend)
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, kv: Tensor | None, key_mask: Tensor) -> Tensor:
+        q = self.norm_q(x)
+        kv = q if kv is None else self.norm_kv(kv)
+        x = x + self.drop(self.attn(q, kv, kv, key_mask=key_mask))
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+
 class FSRFLayer(nn.Module):
     """Fusion layer that stays useful when modalities are partly or wholly missing.
 
@@ -122,9 +145,18 @@ class FSRFLayer(nn.Module):
         self._private_shrink = cfg.dhf and cfg.private_pool != "same" and not cfg.pool_shrink
 
         self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m)) for m, D in modality_dims.items()})
-        self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
-                                                                backend=self.op_backend("masked_cross_attention"))
-                                   for m in self.modalities})
+        attn_backend = self.op_backend("masked_cross_attention")
+        if cfg.encoder_layers == 0:
+            self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
+                                                                    backend=attn_backend)
+                                       for m in self.modalities})
+        else:
+            def blocks(cross: bool) -> nn.ModuleList:
+                return nn.ModuleList(_AttentionBlock(d, cfg.num_heads, cfg.dropout, cfg.attn_dropout, attn_backend,
+                                                     cross=cross) for _ in range(cfg.encoder_layers))
+
+            self.temporal = nn.ModuleDict({m: blocks(False) for m in self.modalities})
+            self.cross = nn.ModuleDict({m: blocks(True) for m in self.modalities})
         if cfg.pool_norm:
             self.pool_ln = nn.ModuleDict({m: nn.LayerNorm(d) for m in self.modalities})
         if cfg.pool_shrink:
@@ -283,13 +315,23 @@ class FSRFLayer(nn.Module):
                 k[m] = torch.zeros(B, 1, dtype=torch.bool, device=device)
         available = torch.stack([k[m].any(dim=1) for m in names], dim=1)  # (B, M)
 
-        # §1.2 masked cross-modal attention, §1.3 masked mean pooling
+        # §1.2 temporal self-attention (encoder_layers > 0) and masked cross-modal attention,
+        # §1.3 masked mean pooling
+        if cfg.encoder_layers > 0:
+            for m in names:
+                for block in self.temporal[m]:
+                    u[m] = block(u[m], None, k[m])
         z, z_private = {}, {}
         for i, m in enumerate(names):
             others = [n for n in names if n != m]
             kv = torch.cat([u[n] for n in others], dim=1)
             kv_mask = torch.cat([k[n] for n in others], dim=1)
-            c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
+            if cfg.encoder_layers > 0:
+                c = u[m]
+                for block in self.cross[m]:
+                    c = block(c, kv, kv_mask)
+            else:
+                c = u[m] + self.attn[m](u[m], kv, kv, key_mask=kv_mask)
             if cfg.pool_shrink:
                 # a mean over few or noisy frames is pulled towards the typical one by its own
                 # evidence; a missing modality comes out exactly 0

@@ -60,6 +60,9 @@ class _RunningPool(nn.Module):
 
     #: the frames' noise variance per feature (d,) or summed over features (a scalar)
     _per_feature_noise = False
+    #: running estimates of the features' statistics, which a weight average averages with the
+    #: weights (fsrf.training.averaging)
+    averaged_buffers = ("center", "noise_var")
 
     def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
         super().__init__()
@@ -201,6 +204,7 @@ class WienerPool(_RunningPool):
     """
 
     _per_feature_noise = True
+    averaged_buffers = (*_RunningPool.averaged_buffers, "signal_var")
 
     def __init__(self, dim: int, momentum: float = 0.1, global_batch: bool | None = None) -> None:
         super().__init__(dim, momentum, global_batch)

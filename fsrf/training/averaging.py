@@ -5,8 +5,12 @@ end of one epoch carry the noise of its last few Adam steps; the average over ab
 of steps has less of it (Polyak–Ruppert averaging). ``docs/FSRF_METHOD.md`` §7, tenth round, has the
 evidence that made it the default of :class:`fsrf.training.TrainSettings`.
 
-Only parameters are averaged; buffers (running statistics such as the pooling's running mean or the
-label-grid estimate) stay the live model's, which is what they estimate.
+The running estimates of the features' statistics that evaluation uses — the poolings' centre and
+variances (:class:`fsrf.nn.ShrinkagePool`, :class:`fsrf.nn.WienerPool`, which name them in
+``averaged_buffers``) and BatchNorm's running mean and variance — are averaged with the weights, so
+that the averaged model is evaluated with statistics of features like its own rather than of the
+live weights'. Every other buffer (step counters, the label-grid estimate, batch counts) stays the
+live model's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,22 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-__all__ = ["WeightAverage", "epoch_decay"]
+__all__ = ["WeightAverage", "epoch_decay", "averaged_buffers"]
+
+
+def averaged_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The floating buffers :class:`WeightAverage` averages: those a module names in its
+    ``averaged_buffers`` attribute, and BatchNorm's ``running_mean`` / ``running_var``."""
+    out = []
+    for prefix, mod in model.named_modules():
+        names = tuple(getattr(mod, "averaged_buffers", ()))
+        if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
+            names += ("running_mean", "running_var")
+        for name in names:
+            buf = getattr(mod, name, None)
+            if isinstance(buf, torch.Tensor) and buf.is_floating_point():
+                out.append((f"{prefix}.{name}" if prefix else name, buf))
+    return out
 
 
 def epoch_decay(steps_per_epoch: int) -> float:
@@ -33,7 +52,8 @@ class WeightAverage:
     ``d_t = min(decay, (1 + t) / (10 + t))``: the warm-up keeps the first steps from being
     dominated by the initial weights (with the full decay at once, the average of a run stopped
     after two epochs would still hold ``decay^50`` of its initialisation, and of one epoch 0.36).
-    The average is kept in float32 for parameters of lower precision.
+    The average is kept in float32 for parameters of lower precision. The buffers of
+    :func:`averaged_buffers` are averaged alike (and swapped in by :meth:`applied`).
 
     Args:
         model: the module whose parameters are averaged; the average starts at its current values.
@@ -49,6 +69,9 @@ class WeightAverage:
         self.steps = 0
         self._names = [n for n, p in model.named_parameters()]
         self._avg = [self._master(p) for p in model.parameters()]
+        bufs = averaged_buffers(model)
+        self._buf_names = [n for n, _ in bufs]
+        self._buf_avg = [self._master(b) for _, b in bufs]
 
     @staticmethod
     def _master(p: torch.Tensor) -> torch.Tensor:
@@ -67,23 +90,33 @@ class WeightAverage:
                              f"({len(named)} vs. {len(self._names)} tensors)")
         return [p for _, p in named]
 
+    def _buffers(self, model: nn.Module) -> list[torch.Tensor]:
+        bufs = averaged_buffers(model)
+        if [n for n, _ in bufs] != self._buf_names:
+            raise ValueError("model does not have the running statistics this average was made for "
+                             f"({len(bufs)} vs. {len(self._buf_names)} buffers)")
+        return [b for _, b in bufs]
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold the model's current parameters into the average (call after ``optimizer.step()``)."""
+        """Fold the model's current parameters (and running statistics) into the average (call
+        after ``optimizer.step()``)."""
         d = self.current_decay()
-        params = [p.detach().to(a.dtype) for p, a in zip(self._params(model), self._avg)]
-        torch._foreach_mul_(self._avg, d)
-        torch._foreach_add_(self._avg, params, alpha=1.0 - d)
+        live = [p.detach().to(a.dtype) for p, a in zip(self._params(model), self._avg)]
+        live += [b.detach().to(a.dtype) for b, a in zip(self._buffers(model), self._buf_avg)]
+        avg = self._avg + self._buf_avg
+        torch._foreach_mul_(avg, d)
+        torch._foreach_add_(avg, live, alpha=1.0 - d)
         self.steps += 1
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Within the block the model holds the averaged parameters; its own come back after it,
-        also when the block raises."""
-        params = self._params(model)
+        """Within the block the model holds the averaged parameters and running statistics; its own
+        come back after it, also when the block raises."""
+        params = self._params(model) + self._buffers(model)
         live = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, a in zip(params, self._avg):
+            for p, a in zip(params, self._avg + self._buf_avg):
                 p.copy_(a)
         try:
             yield model
@@ -95,15 +128,24 @@ class WeightAverage:
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs: the decay, the step count and the averaged tensors (on the CPU)."""
         return {"decay": self.decay, "steps": self.steps,
-                "average": {n: a.detach().cpu() for n, a in zip(self._names, self._avg)}}
+                "average": {n: a.detach().cpu() for n, a in zip(self._names, self._avg)},
+                "buffers": {n: a.detach().cpu() for n, a in zip(self._buf_names, self._buf_avg)}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the parameter names must be this model's."""
+        """Restore :meth:`state_dict`; the parameter names must be this model's. A state saved before
+        running statistics were averaged has no ``"buffers"``: theirs then start from the model's
+        current values (the live ones of the resumed run)."""
         avg = state.get("average") if isinstance(state, Mapping) else None
         if not isinstance(avg, Mapping) or list(avg) != self._names:
             raise ValueError("the saved weight average is not one of this model's parameters")
+        bufs = state.get("buffers")
+        if bufs is not None and (not isinstance(bufs, Mapping) or list(bufs) != self._buf_names):
+            raise ValueError("the saved weight average's running statistics are not this model's")
         self.decay = float(state["decay"])
         self.steps = int(state["steps"])
         with torch.no_grad():
             for a, n in zip(self._avg, self._names):
                 a.copy_(avg[n])
+            for a, n in zip(self._buf_avg, self._buf_names):
+                if bufs is not None:
+                    a.copy_(bufs[n])

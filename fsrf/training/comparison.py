@@ -37,7 +37,7 @@ import numpy as np
 from fsrf.models import ModelSpec
 from fsrf.runtime.io import atomic_write_text, ensure_dir
 
-__all__ = ["default_specs", "FIRST_NAME", "compare", "merge_replicates", "paired_tests", "summarise",
+__all__ = ["default_specs", "FIRST_NAME", "NO_AUX_NAME", "NO_DAS_LOSSES_NAME", "DAS_WEIGHTS", "compare", "merge_replicates", "paired_tests", "summarise",
            "format_comparison", "GROUPS", "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file", "tables_dir"]
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
@@ -58,25 +58,45 @@ GROUPS: dict[str, tuple[str, Callable[[str], bool]]] = {
 FIRST_NAME = "FSRF (first reconstruction)"
 
 
+#: Display names of the two ablations that isolate the method's loss terms (:func:`default_specs`
+#: with ``term_ablations=True``).
+NO_AUX_NAME = "FSRF w/o aux terms"
+NO_DAS_LOSSES_NAME = "FSRF w/o DAS losses"
+
+#: The weights of the distillation terms between the two views (the DAS losses and the prediction
+#: distillation; ``w_recov`` also weights the leave-one-out recovery).
+DAS_WEIGHTS = ("w_kl", "w_dist", "w_recov", "w_pred")
+
+
 def default_specs(d_model: int = 64, *, fsrf_config=None, mult_d_model: int = 32,
-                  modality_dropout: float = 0.3, first_reconstruction: bool = False) -> list[ModelSpec]:
+                  modality_dropout: float = 0.3, first_reconstruction: bool = False,
+                  term_ablations: bool = False) -> list[ModelSpec]:
     """FSRF, its three ablations and the built-in baselines, at width ``d_model``.
 
     ``fsrf_config`` is the FSRFConfig of the full model (default: the method's defaults at
     ``d_model``); the ablations switch off ``dhf``, ``das`` or ``recovery`` of that config.
     ``first_reconstruction=True`` adds :data:`FIRST_NAME`, that config with the values of
     :data:`fsrf.config.FIRST_RECONSTRUCTION` (the evidence for docs/FSRF_METHOD.md §7).
+    ``term_ablations=True`` adds the two ablations that keep the architecture and the views and
+    remove loss terms only: :data:`NO_AUX_NAME` (every auxiliary weight 0: the two task losses
+    alone) and :data:`NO_DAS_LOSSES_NAME` (view B and its task loss kept, the weights of
+    :data:`DAS_WEIGHTS` 0), so that "w/o DAS", which drops view B as well, is not the only test of
+    the distillation.
     """
-    from fsrf.config import FIRST_RECONSTRUCTION, FSRFConfig
+    from fsrf.config import AUX_WEIGHTS, FIRST_RECONSTRUCTION, FSRFConfig
 
     cfg = fsrf_config or FSRFConfig(d_model=d_model, num_heads=4)
     full = cfg.to_dict()
     first = [ModelSpec(FIRST_NAME, kind="fsrf", kwargs={**full, **FIRST_RECONSTRUCTION})] if first_reconstruction else []
+    terms = [ModelSpec(NO_AUX_NAME, kind="fsrf", kwargs={**full, **{w: 0.0 for w in set(AUX_WEIGHTS.values())}}),
+             ModelSpec(NO_DAS_LOSSES_NAME, kind="fsrf", kwargs={**full, **{w: 0.0 for w in DAS_WEIGHTS}})
+             ] if term_ablations else []
     return [
         ModelSpec("FSRF", kind="fsrf", kwargs=full), *first,
         ModelSpec("FSRF w/o DHF", kind="fsrf", kwargs={**full, "dhf": False}),
         ModelSpec("FSRF w/o DAS", kind="fsrf", kwargs={**full, "das": False}),
         ModelSpec("FSRF w/o recovery", kind="fsrf", kwargs={**full, "recovery": False}),
+        *terms,
         ModelSpec("late fusion", kind="late_fusion", kwargs={"d_model": d_model}),
         ModelSpec("late fusion + modality dropout", kind="late_fusion",
                   kwargs={"d_model": d_model, "modality_dropout": modality_dropout}),

@@ -158,9 +158,9 @@ def test_deterministic_and_seeded(tmp_path):
 
 
 def test_generator_argument_is_checked(tmp_path):
-    assert data.SYNTHETIC_GENERATORS == ("factor", "events")
+    assert data.SYNTHETIC_GENERATORS == ("factor", "events", "content")
     for bad in ("Events", "mixture", None, 3):
-        with pytest.raises(ValueError, match=r"generator must be one of \['factor', 'events'\]; got "):
+        with pytest.raises(ValueError, match=r"generator must be one of \['factor', 'events', 'content'\]; got "):
             data.make_synthetic("mosi", tmp_path / "x.pkl", n_train=2, n_valid=2, n_test=2, generator=bad)
     assert not (tmp_path / "x.pkl").exists()
 

@@ -20,10 +20,12 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
 def _add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write a synthetic MMSA-format feature file (no real data needed)",
                        description="Write a synthetic feature pickle with the MMSA schema and the dims/lengths "
-                                   "of the chosen dataset. Two generators: 'factor' (static shared and "
-                                   "modality-specific factors, linear label) and 'events' (a short event marked "
+                                   "of the chosen dataset. Three generators: 'factor' (static shared and "
+                                   "modality-specific factors, linear label), 'events' (a short event marked "
                                    "in the text among distractor bursts, a nonlinear label with a text x audio "
-                                   "interaction, heavy-tailed label noise).")
+                                   "interaction, heavy-tailed label noise) and 'content' (words with "
+                                   "order-dependent negation, a brief facial expression, a tone contour, "
+                                   "speaker offsets).")
     p.add_argument("--preset", required=True, choices=["mosi", "mosei", "sims"], help="dataset whose layout to copy")
     p.add_argument("--out", required=True, help="output .pkl path (written atomically)")
     p.add_argument("--n-train", type=int, default=None, help="train samples (default: preset's small size)")
@@ -32,7 +34,7 @@ def _add_make_synthetic(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     # Kept equal to fsrf.data.SYNTHETIC_GENERATORS (a test checks it): importing fsrf.data here
     # would load torch just to build the parser.
-    p.add_argument("--generator", choices=["factor", "events"], default="factor",
+    p.add_argument("--generator", choices=["factor", "events", "content"], default="factor",
                    help="data-generating structure (default factor)")
     p.add_argument("--classes", type=int, default=None, metavar="C",
                    help="write C nominal class labels (classification_labels; 4: sad, neutral, happy, angry) "

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
                    "on 2 CPU cores)")
     p.add_argument("--out", default="demo_out", help="output directory (default ./demo_out); reruns resume")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 1111)")
-    p.add_argument("--generator", choices=["factor", "events"], default="factor",
+    p.add_argument("--generator", choices=["factor", "events", "content"], default="factor",
                    help="synthetic data generator (default factor)")
     p.add_argument("--device", default="cpu")
     add_progress_options(p)

@@ -39,7 +39,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fsrf.data import synthetic_events
+from fsrf.data import synthetic_content, synthetic_events
 from fsrf.runtime.io import atomic_write
 
 __all__ = ["PRESETS", "SYNTHETIC_GENERATORS", "make_synthetic"]
@@ -80,9 +80,11 @@ PRESETS: dict[str, dict] = {
 }
 
 #: Names accepted by ``make_synthetic(generator=...)``: ``"factor"`` (static latent factors, frames
-#: i.i.d. given them, a linear label; the default) and ``"events"`` (see
-#: :mod:`fsrf.data.synthetic_events`).
-SYNTHETIC_GENERATORS: tuple[str, ...] = ("factor", "events")
+#: i.i.d. given them, a linear label; the default), ``"events"`` (see
+#: :mod:`fsrf.data.synthetic_events`) and ``"content"`` (frames that vary with content: words
+#: with order-dependent negation, a brief facial expression, a tone contour, speaker offsets; see
+#: :mod:`fsrf.data.synthetic_content`).
+SYNTHETIC_GENERATORS: tuple[str, ...] = ("factor", "events", "content")
 
 _MODS = ("text", "audio", "vision")
 _K_SHARED, _K_SPEC, _K_NUIS = 4, 3, 2
@@ -178,6 +180,7 @@ def _factor_features(rng: np.random.Generator, world: dict, state: dict, lengths
 _STRUCTURES = {
     "factor": (_factor_world, _factor_latents, _factor_features),
     "events": (synthetic_events.world, synthetic_events.latents, synthetic_events.features),
+    "content": (synthetic_content.world, synthetic_content.latents, synthetic_content.features),
 }
 
 
@@ -405,8 +408,10 @@ def make_synthetic(preset: str, out_path: str | os.PathLike, *, n_train: int | N
         generator: the data-generating structure, one of :data:`SYNTHETIC_GENERATORS`:
             ``"factor"`` (default; static factors, linear label — see this module) or ``"events"``
             (an event window marked in the text, a nonlinear label with a text × audio
-            interaction, heavy-tailed label noise — see :mod:`fsrf.data.synthetic_events`). Both
-            write the same schema, dims, lengths and label grids.
+            interaction, heavy-tailed label noise — see :mod:`fsrf.data.synthetic_events`) or
+            ``"content"`` (words with order-dependent negation, a brief expression, a tone
+            contour, speaker offsets — see :mod:`fsrf.data.synthetic_content`). All three write
+            the same schema, dims, lengths and label grids.
         classes: ``None`` (default) keeps MMSA's 3-class ``classification_labels`` (negative,
             neutral, positive from the label). An int C >= 2 writes C nominal classes instead
             (:func:`_emotion_classes`: sectors of the plane of sentiment and audio-vision contrast;

@@ -64,7 +64,9 @@ def _specs(models: str, variants: list[str], d_model: int):
     specs = [s for s in default_specs(d_model, term_ablations=True) if s.name in names]
     full = next(s for s in default_specs(d_model) if s.name == "FSRF").kwargs
     for v in variants:
-        name, sep, text = v.partition("=")
+        # the JSON object starts at the first "={", so a name may hold "=" (e.g. "encoder_layers=2")
+        cut = v.find("={")
+        name, sep, text = (v[:cut], "=", v[cut + 1:]) if cut > 0 else v.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"--variant takes NAME=JSON; got {v!r}")
         try:

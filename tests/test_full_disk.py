@@ -214,18 +214,21 @@ def _compare_argv(data, out):
             "--out", str(out)]
 
 
-@pytest.mark.parametrize("command", ["evaluate", "compare", "export", "make-synthetic"])
+@pytest.mark.parametrize("command", ["evaluate", "compare", "export", "make-synthetic", "predict"])
 def test_a_second_run_on_a_full_disk_keeps_the_first(command, tmpfs, tiny_data, trained, capsys):
     disk = tmpfs(8192)
     out = disk / "out"
     argv = {"evaluate": lambda: _evaluate_argv(trained, tiny_data, out),
             "compare": lambda: _compare_argv(tiny_data, out),
             "export": lambda: ["export", "--checkpoint", str(trained), "--out", str(out)],
+            "predict": lambda: ["predict", "--model", str(trained), "--data", str(tiny_data), "--no-progress",
+                                "--out", str(out)],
             "make-synthetic": lambda: ["make-synthetic", "--preset", "mosi", "--n-train", "8", "--n-valid", "4",
                                        "--n-test", "8", "--out", str(out)]}[command]()
     load = {"evaluate": lambda: read_results(out),
             "compare": lambda: read_results(out),
             "export": lambda: from_pretrained(out),
+            "predict": lambda: json.loads((out / "predictions.json").read_text())["rows"][0]["prediction"],
             "make-synthetic": lambda: load_mmsa(out)}[command]
     assert cli.main(argv) == 0
     load()

@@ -22,13 +22,13 @@ import argparse
 import sys
 import warnings
 
-from fsrf.cli import compare, data, demo, evaluate, export, info, train
+from fsrf.cli import compare, data, demo, evaluate, export, info, predict, train
 from fsrf.cli._options import Parser, add_data_options
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "DATA_COMMANDS"]
 
 #: The command modules, in the order ``fsrf --help`` lists them.
-COMMAND_MODULES = (info, data, train, evaluate, compare, export, demo)
+COMMAND_MODULES = (info, data, train, evaluate, predict, compare, export, demo)
 
 #: The commands that load an MMSA feature file and so take the data options (``--strict``).
 DATA_COMMANDS = ("describe", "train", "evaluate", "compare")

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compute", "classification", "weighted_f1", "round_metric", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "ROUNDING", "keys_for"]
+__all__ = ["compute", "classification", "LEGACY_F1_KEYS", "weighted_f1", "round_metric", "MOSI_KEYS", "SIMS_KEYS", "DATASETS", "ROUNDING", "keys_for"]
 
 MOSI_KEYS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE",
              "Corr")
@@ -75,6 +75,7 @@ ROUNDING: dict[str, str] = {
     "F1_score": "python",
     "Mult_acc_2": "numpy", "Mult_acc_3": "numpy", "Mult_acc_5": "numpy", "Mult_acc_7": "numpy",
     "MAE": "numpy", "Corr": "numpy",
+    "Has0_F1_score_legacy": "python", "Non0_F1_score_legacy": "python", "F1_score_legacy": "python",
 }
 
 _SIMS_BOUNDS = {2: (-1.01, 0.0, 1.01), 3: (-1.01, -0.1, 0.1, 1.01), 5: (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01)}
@@ -297,7 +298,26 @@ def classification(scores: Any, labels: Any, class_names: Any = None) -> dict[st
     return out
 
 
-def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None) -> dict[str, float]:
+#: The keys :func:`compute` adds with ``legacy_f1=True``: the F1 scores with the arguments of
+#: scikit-learn's ``f1_score`` swapped (predictions first), as older MMSA, the first LNLN release and
+#: MulT computed them; never in place of the correct ones.
+LEGACY_F1_KEYS = {"Has0_F1_score": "Has0_F1_score_legacy", "Non0_F1_score": "Non0_F1_score_legacy",
+                  "F1_score": "F1_score_legacy"}
+
+
+def _legacy_f1(p: np.ndarray, y: np.ndarray, dataset: str) -> dict[str, float]:
+    if dataset == "sims":
+        one = np.asarray(1.0, dtype=p.dtype)
+        bounds = _SIMS_BOUNDS[2]
+        return {"F1_score_legacy": weighted_f1(_bins(np.clip(p, -one, one), bounds),
+                                               _bins(np.clip(y, -one, one), bounds))}
+    nz = y != 0
+    return {"Has0_F1_score_legacy": weighted_f1(p >= 0, y >= 0),
+            "Non0_F1_score_legacy": weighted_f1(p[nz] > 0, y[nz] > 0) if nz.any() else float("nan")}
+
+
+def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None,
+            legacy_f1: bool = False) -> dict[str, float]:
     """MMSA regression metrics of ``preds`` against ``labels`` for ``dataset``.
 
     Args:
@@ -306,6 +326,8 @@ def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None
         dataset: ``"mosi"``, ``"mosei"`` (8 metrics) or ``"sims"`` (6 metrics).
         ndigits: round every value to this many decimals as MMSA does for its key
             (:func:`round_metric`; MMSA reports 4); None = unrounded.
+        legacy_f1: also return the F1 scores with swapped arguments (predictions first) under the
+            keys of :data:`LEGACY_F1_KEYS`, to compare with tables that used that order.
 
     Returns:
         ``{name: float}`` with exactly MMSA's keys in MMSA's order (:func:`keys_for`). ``Corr`` is
@@ -327,6 +349,8 @@ def compute(preds: Any, labels: Any, dataset: str, *, ndigits: int | None = None
     dt = np.result_type(p.dtype, y.dtype)
     p, y = p.astype(dt, copy=False), y.astype(dt, copy=False)
     res = _sims(p, y) if ds == "sims" else _mosi(p, y)
+    if legacy_f1:
+        res.update(_legacy_f1(p, y, ds))
     if ndigits is not None:
         res = {k: round_metric(k, v, ndigits) for k, v in res.items()}
     return res

@@ -12,8 +12,8 @@ from fsrf import cli, data
 def test_parser_has_every_command_once():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"info", "make-synthetic", "describe", "train", "evaluate", "compare", "export",
-                                "demo"}
+    assert set(sub.choices) == {"info", "make-synthetic", "describe", "train", "evaluate", "predict", "compare",
+                                "export", "demo"}
     # building twice gives the same parser: no registration happens as an import side effect
     again = next(a for a in cli.build_parser()._actions if a.dest == "command")
     assert list(again.choices) == list(sub.choices)

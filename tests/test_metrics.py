@@ -320,3 +320,20 @@ def test_classification_metrics_refuse_bad_input(scores, labels, match):
 
     with pytest.raises(ValueError, match=match):
         classification(scores, labels)
+
+
+def test_legacy_f1_swaps_the_arguments_and_only_under_its_own_keys():
+    # predictions mostly positive, labels mostly negative: the supports differ, so the order matters
+    y = np.array([-1.0, -2.0, -0.5, 1.0, -1.5, 0.0])
+    p = np.array([0.5, 1.0, -0.5, 1.0, 2.0, 0.3])
+    m = metrics.compute(p, y, "mosei", legacy_f1=True)
+    # Has0: true = y >= 0 -> [0,0,0,1,0,1]; pred = p >= 0 -> [1,1,0,1,1,1]
+    # correct (weights from the true labels): class 0 (TP 1, FP 0, FN 3) F1 2/5, support 4;
+    # class 1 (TP 2, FP 3, FN 0) F1 4/7, support 2 -> (4*2/5 + 2*4/7)/6
+    assert m["Has0_F1_score"] == pytest.approx((4 * 2 / 5 + 2 * 4 / 7) / 6)
+    # swapped (weights from the predictions): class 0 support 1, class 1 support 5, same F1s
+    assert m["Has0_F1_score_legacy"] == pytest.approx((1 * 2 / 5 + 5 * 4 / 7) / 6)
+    assert "Has0_F1_score_legacy" not in metrics.compute(p, y, "mosei")
+    sims = metrics.compute(np.array([0.5, 0.3, -0.2, 0.9]), np.array([-0.4, -0.6, -0.2, 0.8]), "sims", legacy_f1=True)
+    assert set(sims) == set(metrics.SIMS_KEYS) | {"F1_score_legacy"}
+    assert metrics.round_metric("F1_score_legacy", 0.123456, 4) == 0.1235

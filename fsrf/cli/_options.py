@@ -103,3 +103,32 @@ def train_settings(args: argparse.Namespace, base: dict | None = None):
     if getattr(args, "ema", None) is False:
         kw["ema"] = False
     return TrainSettings(**kw)
+
+
+def add_protocol_options(p: argparse.ArgumentParser) -> None:
+    """``--protocol``, ``--rates``, ``--patterns`` and ``--legacy-f1`` of the evaluating commands."""
+    p.add_argument("--protocol", choices=["fsrf", "lnln", "corrkd"], default="fsrf",
+                   help="conditions and tables of a published protocol: fsrf (default: rates 0.0-0.9, the 7 "
+                        "patterns), lnln (rates 0.0-0.9, table_lnln.md/.tex: every metric per rate and their mean), "
+                        "corrkd (rates 0.0-1.0 and the six patterns, table_corrkd.md/.tex); AUILC for every one")
+    p.add_argument("--rates", default=None, help="intra rates, start:stop:step or a comma list (default: the "
+                                                 "protocol's, 0:0.9:0.1 for fsrf)")
+    p.add_argument("--patterns", default=None, help="'all', 'none' or a comma list of l,a,v,la,lv,av,lav (default: "
+                                                    "the protocol's)")
+    p.add_argument("--legacy-f1", action="store_true",
+                   help="also report the F1 with swapped arguments (f1_score(pred, true), as older MMSA, the first "
+                        "LNLN release and MulT computed it) under *_legacy keys, beside the correct one")
+
+
+def protocol_conditions(args: argparse.Namespace, parse_rates, parse_patterns) -> tuple[tuple, tuple]:
+    """The rates and patterns of ``--protocol``; ``--rates`` / ``--patterns`` override them for
+    ``fsrf`` and are refused for a paper protocol, whose table needs its own conditions."""
+    from fsrf.training.protocols import PROTOCOLS
+
+    proto = PROTOCOLS[args.protocol]
+    if args.protocol != "fsrf" and (args.rates is not None or args.patterns is not None):
+        raise ValueError(f"--protocol {args.protocol} fixes the rates ({proto.rates[0]}-{proto.rates[-1]}) and "
+                         f"patterns ({','.join(proto.patterns) or 'none'}); drop --rates/--patterns")
+    rates = parse_rates(args.rates) if args.rates is not None else proto.rates
+    patterns = parse_patterns(args.patterns) if args.patterns is not None else proto.patterns
+    return rates, patterns

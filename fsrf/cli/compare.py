@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from fsrf.cli._options import add_training_options, locked_output, model_config, train_settings
+from fsrf.cli._options import (add_protocol_options, add_training_options, locked_output, model_config,
+                               protocol_conditions, train_settings)
 
 __all__ = ["add_parser", "MODEL_KEYS", "SPLITS"]
 
@@ -40,8 +41,14 @@ def _run(args: argparse.Namespace) -> int:
     from fsrf.training.comparison import compare, default_specs, tables_dir
     from fsrf.training.evaluation import parse_patterns, parse_rates
 
+    from fsrf.training.protocols import PROTOCOLS, write_protocol_tables
+
     names = parse_models(args.models)
-    rates, patterns = parse_rates(args.rates), parse_patterns(args.patterns)
+    rates, patterns = protocol_conditions(args, parse_rates, parse_patterns)
+    proto = PROTOCOLS[args.protocol]
+    seeds = args.seeds if args.seeds is not None else list(proto.seeds or (1111, 1112, 1113, 1114, 1115))
+    if proto.selection and getattr(args, "selection", None) is None:
+        args.selection = proto.selection
     data, kind = load_dataset(args.data, args.dataset, strict=args.strict)
     # --config gives the whole FSRFConfig of the full model; otherwise the defaults at --d-model
     cfg = model_config(args, {}) if args.config else model_config(args, {}).replace(d_model=args.d_model)
@@ -50,9 +57,12 @@ def _run(args: argparse.Namespace) -> int:
              if s.name in names]
     settings = train_settings(args, {"epochs": 20})
     with locked_output(args.out):
-        compare(data, specs, args.out, seeds=args.seeds, dataset=kind, settings=settings, rates=rates,
-                patterns=patterns, mask_seed=args.mask_seed, split=args.split, progress=args.progress)
-    print(f"wrote {tables_dir(args.out, args.split)}/comparison.md, results.json, results.csv, robustness.png")
+        results = compare(data, specs, args.out, seeds=seeds, dataset=kind, settings=settings, rates=rates,
+                          patterns=patterns, mask_seed=args.mask_seed, split=args.split, progress=args.progress,
+                          legacy_f1=args.legacy_f1)
+        tables = write_protocol_tables(results, tables_dir(args.out, args.split), args.protocol)
+    extra = "".join(f", {p.name}" for p in tables)
+    print(f"wrote {tables_dir(args.out, args.split)}/comparison.md, results.json, results.csv, robustness.png{extra}")
     return 0
 
 
@@ -67,11 +77,13 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="MMSA feature pickle")
     p.add_argument("--dataset", choices=["mosi", "mosei", "sims"], help="dataset (guessed from the file when omitted)")
     p.add_argument("--models", default="all", help=f"'all' or a comma list of {', '.join(MODEL_KEYS)}")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113, 1114, 1115],
-                   help="training seeds (default 1111..1115)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds (default 1111..1115; 1111..1113 with --protocol lnln)")
     p.add_argument("--d-model", dest="d_model", type=int, default=64, help="model width (default 64; MulT uses 32)")
-    p.add_argument("--rates", default="0:0.9:0.1", help="intra rates (default 0:0.9:0.1)")
-    p.add_argument("--patterns", default="all", help="'all', 'none' or a comma list of l,a,v,la,lv,av,lav")
+    add_protocol_options(p)
+    p.add_argument("--selection", choices=["valid", "lnln-test@0.5"], default=None,
+                   help="model selection: validation MAE (default) or LNLN's test-at-0.5 policy (the default with "
+                        "--protocol lnln)")
     p.add_argument("--mask-seed", type=int, default=1111, help="seed of the evaluation masks (default 1111)")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="split to evaluate (default test). 'valid' evaluates the runs of --out on the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fsrf.cli._options import add_progress_options
+from fsrf.cli._options import add_progress_options, add_protocol_options, protocol_conditions
 
 __all__ = ["add_parser"]
 
@@ -15,13 +15,13 @@ def _run(args: argparse.Namespace) -> int:
         parse_patterns,
         parse_rates,
     )
+    from fsrf.training.protocols import auilc_summary, write_protocol_tables
     from fsrf.training.results import format_table, write_results
 
-    rates = parse_rates(args.rates)
-    patterns = parse_patterns(args.patterns)
+    rates, patterns = protocol_conditions(args, parse_rates, parse_patterns)
     entry = evaluate_checkpoints(args.checkpoint, args.data, rates=rates, patterns=patterns, seed=args.mask_seed,
                                  device=args.device, dataset=args.dataset, split=args.split,
-                                 progress=args.progress, strict=args.strict)
+                                 progress=args.progress, strict=args.strict, legacy_f1=args.legacy_f1)
     kinds = {m["dataset"] for m in entry["meta"].values()}
     results = {"models": {args.name: entry},
                "meta": {"dataset": kinds.pop() if len(kinds) == 1 else sorted(kinds), "split": args.split,
@@ -29,10 +29,13 @@ def _run(args: argparse.Namespace) -> int:
                                      "inter": "whole-modality removal (fsrf.missing.remove_modalities)"},
                         "rates": list(rates), "patterns": list(patterns), "mask_seed": args.mask_seed,
                         "seeds": list(entry["per_seed"]), "checkpoint": args.checkpoint, "data": args.data}}
+    results["meta"]["protocol_name"] = args.protocol
+    results["auilc"] = auilc_summary(results)
     print(format_table(results))
     if args.out:
-        paths = write_results(results, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        paths = list(write_results(results, args.out).values())
+        paths += write_protocol_tables(results, args.out, args.protocol)
+        print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -44,8 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="best.pt, a run directory, or a directory of seed_<seed>/")
     p.add_argument("--data", required=True, help="MMSA feature pickle")
     p.add_argument("--dataset", choices=["mosi", "mosei", "sims"], help="override the dataset recorded in the checkpoint")
-    p.add_argument("--rates", default="0:0.9:0.1", help="intra rates, start:stop:step or a comma list (default 0:0.9:0.1)")
-    p.add_argument("--patterns", default="all", help="'all', 'none' or a comma list of l,a,v,la,lv,av,lav")
+    add_protocol_options(p)
     p.add_argument("--mask-seed", type=int, default=1111, help="seed of the evaluation masks (default 1111)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--device", default="cpu")

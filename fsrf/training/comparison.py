@@ -36,6 +36,7 @@ import numpy as np
 
 from fsrf.models import ModelSpec
 from fsrf.runtime.io import atomic_write_text, ensure_dir
+from fsrf.training.protocols import auilc_summary
 
 __all__ = ["default_specs", "FIRST_NAME", "NO_AUX_NAME", "NO_DAS_LOSSES_NAME", "DAS_WEIGHTS", "compare", "merge_replicates", "paired_tests", "summarise",
            "format_comparison", "GROUPS", "DEFAULT_SEEDS", "EVAL_SPLITS", "eval_file", "tables_dir"]
@@ -147,7 +148,7 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
             dataset: str | None = None, settings=None, rates: Iterable[float] | None = None,
             patterns: Iterable[str] | None = None, mask_seed: int = 1111, reference: str | None = None,
             split: str = "test", device: str | None = None, progress: bool | None = None,
-            log: Callable[[str], None] | None = print) -> dict[str, Any]:
+            log: Callable[[str], None] | None = print, legacy_f1: bool = False) -> dict[str, Any]:
     """Train every model of ``specs`` with every seed on ``data`` and evaluate them alike.
 
     Args:
@@ -171,10 +172,12 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
         progress: evaluation progress bars (``None``: only on a terminal); ``False`` also
             silences the per-epoch lines of training.
         log: where the progress lines go (``None``: nowhere).
+        legacy_f1: also report the swapped-argument F1 (:data:`fsrf.metrics.LEGACY_F1_KEYS`).
 
     Returns the results dict also written to ``results.json``: ``models`` ({name: {"per_seed",
     "mean", "std"}}), ``summary`` (per model and group, per seed), ``tests`` (paired tests of the
-    reference against each model) and ``meta``.
+    reference against each model), ``auilc`` (:func:`fsrf.training.protocols.auilc_summary`) and
+    ``meta``.
     """
     import dataclasses
 
@@ -202,6 +205,8 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     say = log or (lambda s: None)
     out = ensure_dir(out_dir)
     protocol = {"rates": list(rates), "patterns": list(patterns), "mask_seed": int(mask_seed), "split": split}
+    if legacy_f1:  # only then, so that the runs evaluated before the option still count as done
+        protocol["legacy_f1"] = True
     t_start = time.perf_counter()
     per_model: dict[str, dict[str, Any]] = {n: {} for n in names}
     timing: dict[str, dict[str, float]] = {n: {} for n in names}
@@ -230,7 +235,7 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
                   log=None if progress is False else say)
         model = load_weights(spec, data.dims, run_dir / "best.pt", device=run_settings.device)
         ev = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=mask_seed,
-                         device=run_settings.device, progress=progress)
+                         device=run_settings.device, progress=progress, legacy_f1=legacy_f1)
         secs = time.perf_counter() - t0
         atomic_write_text(done, json.dumps({"model": spec.name, "seed": seed, "protocol": protocol, "spec": made,
                                             "results": ev,
@@ -252,6 +257,7 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
                         "wall_seconds": round(time.perf_counter() - t_start, 1)}}
     results["summary"] = summarise(results)
     results["tests"] = paired_tests(results, reference)
+    results["auilc"] = auilc_summary(results)
     tables = tables_dir(out, split)
     write_results(results, tables)  # creates the folder
     atomic_write_text(tables / "comparison.md", format_comparison(results))
@@ -423,8 +429,11 @@ def paired_tests(results: Mapping[str, Any], reference: str) -> dict[str, Any]:
 
 
 def _pm(mean: float, std: float, digits: int = 3) -> str:
+    """``mean ± std``; the mean alone when the std is undefined (NaN: one seed)."""
     if not math.isfinite(mean):
         return "–"
+    if not math.isfinite(std):
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -444,11 +453,17 @@ def format_comparison(results: Mapping[str, Any]) -> str:
     summary = results.get("summary") or summarise(results)
     tests = results.get("tests") or paired_tests(results, ref)
     seeds = meta.get("seeds", [])
+
+    def sd(value: float) -> float:  # one seed has no spread to print ("± 0.000" would say it has)
+        return float("nan") if len(seeds) == 1 else value
+
     split = {"test": "Test", "valid": "Validation"}.get(str(meta.get("split", "test")), str(meta.get("split")))
     if meta.get("replicates"):
         lines = [f"{split} split, {len(seeds)} replicates, each its own data file and training seed "
                  f"({', '.join(map(str, seeds))}), mean ± std over replicates; p: paired t-test over replicates of "
                  f"{ref} vs. the row's model (exact sign-flip p in brackets).", ""]
+    elif len(seeds) == 1:
+        lines = [f"{split} split, one seed ({seeds[0]}): single runs, no spread and no test (n = 1).", ""]
     else:
         lines = [f"{split} split, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std over seeds; "
                  f"p: paired t-test over seeds of {ref} vs. the row's model (exact sign-flip p in brackets).", ""]
@@ -462,10 +477,16 @@ def format_comparison(results: Mapping[str, Any]) -> str:
                 if blk is None:
                     row += " – | – |"
                     continue
-                row += f" {_pm(blk['mean'][metric], blk['std'][metric])} |"
+                row += f" {_pm(blk['mean'][metric], sd(blk['std'][metric]))} |"
                 t = tests.get(name, {}).get("groups", {}).get(g, {}).get(metric)
                 row += f" {_p(t['t_p'])} ({_p(t['signflip_p'])}) |" if t else " |"
         lines.append(row)
+    au = results.get("auilc") or auilc_summary(results)
+    if au:
+        lines += ["", f"AUILC of {f1} and {mae} over the intra-modal rates (trapezoidal, divided by the rate span; "
+                      f"mean ± std over seeds)", "", f"| model | AUILC {f1} | AUILC {mae} |", "|---|---:|---:|"]
+        for name, a in au.items():
+            lines.append(f"| {name} | {_pm(a['mean'][f1], a['std'][f1])} | {_pm(a['mean'][mae], a['std'][mae])} |")
     for kind, title, metrics in (("intra", "intra-modal missing rate r", (f1, mae)),
                                  ("inter", "available modalities", (f1, mae))):
         first = next(iter(results["models"].values()))["mean"].get(kind, {})
@@ -477,7 +498,7 @@ def format_comparison(results: Mapping[str, Any]) -> str:
             lines += ["", f"{metric} by {title}", "",
                       "| model | " + " | ".join(labels) + " | Avg |", "|---|" + "---:|" * (len(conds) + 1)]
             for name, entry in results["models"].items():
-                cells = [_pm(entry["mean"][kind][c][metric], entry["std"][kind][c][metric]) for c in conds]
+                cells = [_pm(entry["mean"][kind][c][metric], sd(entry["std"][kind][c][metric])) for c in conds]
                 avg = np.mean([entry["mean"][kind][c][metric] for c in conds])
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg:.3f} |")
     return "\n".join(lines) + "\n"

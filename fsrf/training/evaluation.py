@@ -66,14 +66,15 @@ def parse_patterns(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_RATES,
                 patterns: Iterable[str] = (), seed: int = 1111, device: str = "cpu",
-                batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+                batch_size: int = 256, progress: bool = False, legacy_f1: bool = False) -> dict[str, Any]:
     """Metrics of ``model`` on ``split`` at every intra rate and inter pattern.
 
     Masks come from :func:`fsrf.missing.corrupt_split` with ``seed`` (default 1111, independent
     of the model seed), so every model sees the same corrupted data. Returns
     ``{"intra": {"0.0": {metric: value}, ...}, "inter": {"l": {...}, ...}}``: MMSA's regression
     metrics of ``dataset``, or for a classifier (``model.task == "classification"``) those of
-    :func:`fsrf.metrics.classification` against the split's class labels.
+    :func:`fsrf.metrics.classification` against the split's class labels. ``legacy_f1`` adds the
+    swapped-argument F1 keys (:data:`fsrf.metrics.LEGACY_F1_KEYS`).
     """
     from fsrf import metrics
     from fsrf.missing import corrupt_split
@@ -97,7 +98,7 @@ def robust_eval(model, split, dataset: str, *, rates: Iterable[float] = DEFAULT_
         if classify:
             res[kind][key] = metrics.classification(pred, sp.class_labels, class_names=sp.class_names)
         else:
-            res[kind][key] = metrics.compute(pred, sp.labels, dataset)
+            res[kind][key] = metrics.compute(pred, sp.labels, dataset, legacy_f1=legacy_f1)
     return res
 
 
@@ -121,7 +122,7 @@ def aggregate_seeds(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]
 
 def evaluate_checkpoints(checkpoint: str, data_path: str, *, rates, patterns, seed: int = 1111,
                          device: str = "cpu", dataset: str | None = None, split: str = "test",
-                         progress: bool | None = None, strict: bool = False) -> dict:
+                         progress: bool | None = None, strict: bool = False, legacy_f1: bool = False) -> dict:
     """Evaluate one checkpoint file or a (multi-seed) run directory; returns the model's results
     entry ``{"per_seed": ..., "mean": ..., "std": ..., "meta": ...}``.
 
@@ -153,7 +154,7 @@ def evaluate_checkpoints(checkpoint: str, data_path: str, *, rates, patterns, se
         kind = dataset or meta.get("dataset") or guessed
         seed_key = str(meta.get("seed") if key is None else key)
         per_seed[seed_key] = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=seed,
-                                         device=device, progress=progress)
+                                         device=device, progress=progress, legacy_f1=legacy_f1)
         metas[seed_key] = {"checkpoint": str(path), "selection": meta.get("selection"), "dataset": kind,
                            "model_config": meta.get("model_config")}
     agg = aggregate_seeds(per_seed)

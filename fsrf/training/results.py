@@ -58,6 +58,16 @@ def _rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                         if label == "mean" and std is not None:
                             row["std"] = std[kind][cond][name]
                         rows.append(row)
+    # AUILC over the intra rates (fsrf.training.protocols): protocol "auilc", condition "intra"
+    for model_name, a in (results.get("auilc") or {}).items():
+        blocks = [("mean", a["mean"], a.get("std"))] + [(f"seed {s}", v, None) for s, v in a["per_seed"].items()]
+        for label, block, std in blocks:
+            for name, val in block.items():
+                row = {"model": model_name, "aggregate": label, "protocol": "auilc", "condition": "intra",
+                       "metric": name, "value": val, "run_id": run_id}
+                if std is not None:
+                    row["std"] = std[name]
+                rows.append(row)
     return rows
 
 

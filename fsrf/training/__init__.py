@@ -10,6 +10,8 @@
 * :mod:`fsrf.training.results` — ``results.json`` / ``.csv`` / ``robustness.png`` and tables;
 * :mod:`fsrf.training.comparison` — :func:`compare`, K models × S seeds under the same masks, with
   paired tests (the comparison harness);
+* :mod:`fsrf.training.protocols` — the published protocols' tables (LNLN, CorrKD) and AUILC;
+* :mod:`fsrf.training.prediction` — :func:`predict_file`, :func:`write_predictions` (``fsrf predict``);
 * :mod:`fsrf.training.lock` — the lock of a run folder;
 * :mod:`fsrf.training.demo` — :func:`run_demo`, the main job on synthetic data.
 """
@@ -22,9 +24,12 @@ from fsrf.training.evaluation import (DEFAULT_RATES, aggregate_seeds, evaluate_c
                                       parse_rates, robust_eval)
 from fsrf.training.trainer import SELECTIONS, TrainSettings, fit, load_model, load_weights, predict_split
 from fsrf.training.results import format_table, plot_robustness, write_results
+from fsrf.training.prediction import predict_file, write_predictions
+from fsrf.training.protocols import PROTOCOLS, auilc, auilc_summary, format_protocol_table
 
 __all__ = ["TrainSettings", "SELECTIONS", "fit", "load_model", "load_weights", "predict_split", "compare",
            "default_specs", "paired_tests", "format_comparison", "DEFAULT_SEEDS", "save_checkpoint",
            "load_checkpoint", "resolve_checkpoints", "DEFAULT_RATES", "parse_rates", "parse_patterns",
            "robust_eval", "aggregate_seeds", "evaluate_checkpoints", "write_results", "format_table",
-           "plot_robustness", "run_demo", "WeightAverage"]
+           "plot_robustness", "run_demo", "WeightAverage", "predict_file", "write_predictions", "PROTOCOLS",
+           "auilc", "auilc_summary", "format_protocol_table"]

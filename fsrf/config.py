@@ -88,7 +88,10 @@ class FSRFConfig:
         and the homogeneous MMD pairs instead of summing them), ``mmd_normalize`` (divide each
         MMD by ``mmd_num_kernels``, so it lies in [0, 2] whatever the number of bandwidths),
         ``aux_warmup_steps`` (ramp every auxiliary weight linearly from 0 over this many
-        training steps of :class:`fsrf.FSRFModel`; 0 = off; default 200).
+        training steps of :class:`fsrf.FSRFModel`; 0 = off; default 200), ``aux_warmup_epochs``
+        (> 0: the ramp lasts this many epochs instead, whatever the data's size; the trainer
+        tells the model the steps of an epoch, :meth:`fsrf.FSRFObjective.set_steps_per_epoch`;
+        0, the default: ``aux_warmup_steps`` holds; issue 29's matrix decides between them).
     Whole-modality robustness (§7)
         ``modality_dropout`` (probability that a training sample of view A loses one or two
         whole modalities, as the evaluation's patterns do; default 0.3),
@@ -169,6 +172,7 @@ class FSRFConfig:
     hom_reduction: str = "mean"
     mmd_normalize: bool = True
     aux_warmup_steps: int = 200
+    aux_warmup_epochs: float = 0.0
     modality_dropout: float = 0.3
     fusion_availability: bool = True
     recovery_loss: str = "view+loo"
@@ -247,6 +251,7 @@ class FSRFConfig:
         if self.recovery_loss not in RECOVERY_LOSSES:
             raise ValueError(f"FSRFConfig.recovery_loss must be one of {RECOVERY_LOSSES}; got {self.recovery_loss!r}")
         _int("aux_warmup_steps", 0)
+        _num("aux_warmup_epochs", 0.0)
         if self.global_batch is not None and not isinstance(self.global_batch, bool):
             raise TypeError(f"FSRFConfig.global_batch must be True, False or None; got {self.global_batch!r}")
         _num("modality_dropout", 0.0, 1.0)

@@ -310,3 +310,37 @@ def test_the_objective_compiles_in_one_graph(task):
         assert op not in code, op
     loss, parts = torch.compile(obj, fullgraph=True, backend="aot_eager")(inputs, masks, labels)
     assert torch.isfinite(loss) and math.isfinite(parts["total"].item())
+
+
+def test_a_warm_up_in_epochs_lasts_that_many_epochs_whatever_the_epoch_length():
+    cfg = FSRFConfig(**SMALL, aux_warmup_epochs=1.5)
+    obj = FSRFObjective(FSRFLayer(DIMS, config=cfg), nn.Linear(16, 1)).train()
+    with pytest.raises(ValueError, match="call set_steps_per_epoch"):
+        obj.aux_scale()
+    for per_epoch in (4, 40):
+        obj.set_steps_per_epoch(per_epoch)
+        assert obj.warmup_steps() == round(1.5 * per_epoch)
+        with torch.no_grad():
+            obj.steps.fill_(round(0.75 * per_epoch) - 1)  # half way through the ramp
+        assert obj.aux_scale().item() == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        obj.set_steps_per_epoch(0)
+    with pytest.raises(ValueError, match=r"FSRFConfig.aux_warmup_epochs must be in \[0.0, inf\]"):
+        FSRFConfig(aux_warmup_epochs=-1.0)
+    # the default counts steps, as before
+    assert FSRFObjective(FSRFLayer(DIMS, config=FSRFConfig(**SMALL)), nn.Linear(16, 1)).warmup_steps() == 200
+
+
+def test_fit_tells_the_model_its_epoch_length(tmp_path):
+    from _helpers import write_tiny_mmsa
+    from fsrf.data import load_mmsa
+    from fsrf.training import TrainSettings, fit
+    from fsrf.training.checkpoint import load_checkpoint
+
+    data = load_mmsa(write_tiny_mmsa(tmp_path / "tiny.pkl"))  # 40 training samples: 3 steps of 16
+    cfg = FSRFConfig(d_model=16, num_heads=2, aux_warmup_epochs=2.0)
+    res = fit(data, tmp_path / "run", config=cfg, settings=TrainSettings(epochs=1, batch_size=16, progress=False),
+              seed=1, log=None)
+    # after one epoch (3 steps) of a 6-step ramp the scale logged for the epoch averages 1/6, 2/6, 3/6
+    assert res["history"][0]["aux_scale"] == pytest.approx((1 + 2 + 3) / 6 / 3, rel=1e-5)
+    assert int(load_checkpoint(tmp_path / "run" / "last.pt")["model"]["steps"]) == 3

@@ -46,7 +46,8 @@ class FSRFObjective(nn.Module):
     both views, the DAS terms of :meth:`fsrf.FSRFLayer.distill` and the prediction distillation
     (view B's prediction towards view A's detached one: the task loss's form for regression,
     ``KL(p_A ‖ p_B)`` of the class distributions for classification) — each ramped in over
-    ``config.aux_warmup_steps`` training steps. The step counter is the buffer ``steps``, saved
+    ``config.aux_warmup_steps`` training steps (or ``aux_warmup_epochs`` epochs, see
+    :meth:`set_steps_per_epoch`). The step counter is the buffer ``steps``, saved
     and resumed with the weights.
 
     The trainer (:func:`fsrf.training.fit`) and the harness (:func:`fsrf.training.compare`)
@@ -103,11 +104,30 @@ class FSRFObjective(nn.Module):
     # -- the warm-up --------------------------------------------------------------------------
     def aux_scale(self) -> Tensor:
         """The factor on every auxiliary weight at the current step: ``min(1, (steps + 1) /
-        aux_warmup_steps)``, or 1 without warm-up (a 0-dim fp32 tensor, no host sync)."""
+        warmup_steps())``, or 1 without warm-up (a 0-dim fp32 tensor, no host sync)."""
         return self._ramp(self.steps + 1)
 
+    def set_steps_per_epoch(self, steps: int) -> None:
+        """The optimiser steps of one training epoch, which ``config.aux_warmup_epochs`` counts the
+        warm-up in (:func:`fsrf.training.fit` calls this; call it in a training loop of your own)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int (optimiser steps per epoch); got {steps!r}")
+        self._steps_per_epoch = steps
+
+    def warmup_steps(self) -> int:
+        """The length of the auxiliary weights' ramp in steps: ``aux_warmup_epochs`` epochs when
+        that is set, else ``aux_warmup_steps``."""
+        epochs = self.config.aux_warmup_epochs
+        if epochs <= 0:
+            return self.config.aux_warmup_steps
+        per_epoch = getattr(self, "_steps_per_epoch", None)
+        if per_epoch is None:
+            raise ValueError("config.aux_warmup_epochs counts the warm-up in epochs, so the model needs the steps "
+                             "of an epoch: call set_steps_per_epoch(n) before training (fsrf.training.fit does)")
+        return max(1, round(epochs * per_epoch))
+
     def _ramp(self, step: Tensor) -> Tensor:
-        warm = self.config.aux_warmup_steps
+        warm = self.warmup_steps()
         if warm <= 0:
             return torch.ones((), dtype=torch.float32, device=step.device)
         return (step.float() / warm).clamp(max=1.0)

@@ -452,6 +452,8 @@ def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, A
     elif resume:
         say(f"--resume: no {last_path} yet, starting from scratch")
 
+    if hasattr(model, "set_steps_per_epoch"):  # a warm-up counted in epochs needs their length
+        model.set_steps_per_epoch(_steps_per_epoch(len(train), settings.batch_size, world))
     avg = None
     if settings.ema:
         decay = settings.ema_decay

@@ -281,10 +281,28 @@ class LNLNSampler:
         self.rates: dict[str, np.ndarray] | None = None
 
     def epoch(self, epoch: int):
-        """The split corrupted for ``epoch`` (0, 1, ...)."""
-        f, k, self.rates = lnln_drop(self.split.features, self.split.masks, seed=self.seed, epoch=epoch,
-                                     complete_fraction=self.complete_fraction, keep_special=self.keep_special)
-        return self.split.with_arrays(features=f, masks=k)
+        """The split corrupted for ``epoch`` (0, 1, ...): the batches of :func:`lnln_drop`'s arrays.
+
+        Float features are not copied: the view has the epoch's masks and zeroes the dropped frames
+        batch by batch (:meth:`fsrf.data.MMSASplit.with_masks`), so an epoch of a CMU-MOSEI-sized
+        split costs its masks, not a second copy of its 6 GB of features. BERT ids, which become
+        ``[UNK]`` rather than zero, are replaced in a copy as before.
+        """
+        seed, epoch = self.seed, _check_seed(epoch, "epoch")
+        feats, masks = self.split.features, self.split.masks
+        _check_arrays(feats, masks)
+        self.rates = {m: lnln_rates(np.asarray(x).shape[0], _rng(seed, m, _STREAM_LNLN_RATE, epoch),
+                                    complete_fraction=self.complete_fraction) for m, x in feats.items()}
+        new_masks, ids = {}, {}
+        for m, x in feats.items():
+            k = np.asarray(masks[m])
+            keep = _rng(seed, m, _STREAM_LNLN_MASK, epoch).random(k.shape) >= self.rates[m][:, None]
+            if _is_ids(np.asarray(x)):
+                ids[m], new_masks[m] = _apply(np.asarray(x), k, keep, keep_special=self.keep_special)
+            else:
+                new_masks[m] = k & keep
+        view = self.split.with_masks(new_masks)
+        return view.with_arrays(features=ids) if ids else view
 
 
 def tfr_drop(features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], rate: Any, *,

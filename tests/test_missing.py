@@ -219,6 +219,30 @@ def test_lnln_sampler_on_split(tmp_path):
     np.testing.assert_array_equal(e0.labels, sp.labels)
 
 
+@pytest.mark.parametrize("text", ["features", "bert_ids"])
+def test_the_sampler_batches_are_those_of_lnln_drop_without_copying_the_features(tmp_path, text):
+    """The epoch view zeroes dropped frames per batch; its batches equal those of the split built
+    from lnln_drop's arrays (ids replaced by [UNK] as there)."""
+    from fsrf.data import load_mmsa, make_synthetic
+
+    p = make_synthetic("mosei", tmp_path / "m.pkl", n_train=24, n_valid=4, n_test=4,
+                       dims={"text": 8, "audio": 3, "vision": 4}, seq_lens={"text": 10, "audio": 10, "vision": 10})
+    sp = load_mmsa(p, text=text).split("train")
+    view = missing.LNLNSampler(sp, seed=5).epoch(2)
+    f, k, _ = missing.lnln_drop(sp.features, sp.masks, seed=5, epoch=2)
+    eager = sp.with_arrays(features=f, masks=k)
+    for m in ("audio", "vision"):
+        assert view.features[m] is sp.features[m]  # no copy
+    idx = np.array([3, 0, 17, 9, 23])
+    a, b = view.batch(idx), eager.batch(idx)
+    for m in sp.modalities:
+        assert torch.equal(a["inputs"][m], b["inputs"][m]), m
+        assert torch.equal(a["masks"][m], b["masks"][m]), m
+    assert any((a["masks"][m] != torch.from_numpy(sp.masks[m][idx])).any() for m in sp.modalities)
+    item_a, item_b = view[7], eager[7]
+    assert all(torch.equal(item_a[m], item_b[m]) for m in sp.modalities)
+
+
 # ---------------------------------------------------------------------------- TFR-Net mode
 def _tfr_reference(text_bert, audio, audio_len, rate, seed):
     """MMSA/TFR-Net generate_m, written out from its description (global np.random state on purpose)."""

@@ -54,7 +54,7 @@ class MMSASplit(torch.utils.data.Dataset):
                  lengths: Mapping[str, np.ndarray] | None = None, text_bert: np.ndarray | None = None,
                  ids: Sequence[str] | None = None, raw_text: Sequence[str] | None = None,
                  text_source: str = "features", class_labels: np.ndarray | None = None,
-                 class_names: Sequence[str] | None = None):
+                 class_names: Sequence[str] | None = None, zero_unobserved: bool = False):
         self.name = name
         self.features = dict(features)
         self.masks = dict(masks)
@@ -68,6 +68,9 @@ class MMSASplit(torch.utils.data.Dataset):
         self.text_source = text_source
         self.class_labels = None if class_labels is None else np.asarray(class_labels, dtype=np.int64).reshape(-1)
         self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+        # frames whose mask bit is clear are zeroed when a batch is built, not in the arrays: a
+        # corrupted view of a large split then costs its masks only (see with_masks)
+        self.zero_unobserved = bool(zero_unobserved)
         n = len(self.labels)
         if self.class_labels is not None and len(self.class_labels) != n:
             raise ValueError(f"split '{name}': expected {n} class labels (one per sample); got "
@@ -105,7 +108,7 @@ class MMSASplit(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {index} is out of range for split '{self.name}' with {len(self)} samples")
         i %= len(self)
-        item: dict[str, Any] = {m: torch.from_numpy(self.features[m][i]) for m in self.modalities}
+        item: dict[str, Any] = {m: torch.from_numpy(self._rows(m, i)) for m in self.modalities}
         item["masks"] = {m: torch.from_numpy(self.masks[m][i]) for m in self.modalities}
         item["label"] = float(self.labels[i])
         item["index"] = i
@@ -129,7 +132,7 @@ class MMSASplit(torch.utils.data.Dataset):
             raise IndexError(f"indices must lie in [0, {len(self)}) for split '{self.name}'; got "
                              f"[{idx.min()}, {idx.max()}]")
         out: dict[str, Any] = {
-            "inputs": {m: torch.from_numpy(np.ascontiguousarray(self.features[m][idx])) for m in self.modalities},
+            "inputs": {m: torch.from_numpy(np.ascontiguousarray(self._rows(m, idx))) for m in self.modalities},
             "masks": {m: torch.from_numpy(np.ascontiguousarray(self.masks[m][idx])) for m in self.modalities},
             "labels": torch.from_numpy(self.labels[idx].copy()),
             "index": torch.from_numpy(idx.copy()),
@@ -139,6 +142,23 @@ class MMSASplit(torch.utils.data.Dataset):
         if self.class_labels is not None:
             out["class_labels"] = torch.from_numpy(self.class_labels[idx].copy())
         return out
+
+    def _rows(self, m: str, idx) -> np.ndarray:
+        x = self.features[m][idx]
+        if not self.zero_unobserved or not np.issubdtype(x.dtype, np.floating):
+            return x
+        return np.where(self.masks[m][idx][..., None], x, np.zeros((), dtype=x.dtype))
+
+    def with_masks(self, masks: Mapping[str, np.ndarray], name: str | None = None) -> "MMSASplit":
+        """A view with new masks over the same feature arrays, whose batches hold zeros where a
+        mask bit is clear: what :meth:`with_arrays` gives for float features zeroed at the cleared
+        bits, without a copy of the features (integer BERT ids are passed through unchanged)."""
+        k = dict(self.masks)
+        k.update(masks)
+        return MMSASplit(name or self.name, self.features, k, self.labels, unimodal_labels=self.unimodal_labels,
+                         lengths=self.lengths, text_bert=self.text_bert, ids=self.ids, raw_text=self.raw_text,
+                         text_source=self.text_source, class_labels=self.class_labels,
+                         class_names=self.class_names, zero_unobserved=True)
 
     def with_arrays(self, features: Mapping[str, np.ndarray] | None = None,
                     masks: Mapping[str, np.ndarray] | None = None,
@@ -157,7 +177,7 @@ class MMSASplit(torch.utils.data.Dataset):
         return MMSASplit(name or self.name, f, k, self.labels, unimodal_labels=self.unimodal_labels,
                          lengths=self.lengths, text_bert=tb, ids=self.ids, raw_text=self.raw_text,
                          text_source=self.text_source, class_labels=self.class_labels,
-                         class_names=self.class_names)
+                         class_names=self.class_names, zero_unobserved=self.zero_unobserved)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{m}={tuple(self.features[m].shape)}" for m in self.modalities)

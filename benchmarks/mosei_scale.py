@@ -63,6 +63,16 @@ def main(argv=None) -> int:
     load = [sys.executable, "-c", "import sys, time; t = time.perf_counter(); from fsrf.data import load_mmsa; "
             "d = load_mmsa(sys.argv[1]); print(f'load {time.perf_counter() - t:.1f} s')", str(data)]
     report["steps"]["load"] = _run(load)
+    # what training and evaluation hold besides the model: the loaded file, two epochs of the LNLN
+    # sampler and the 17 evaluation conditions, each with a batch read
+    datapath = [sys.executable, "-c",
+                "import sys, numpy as np; from fsrf.data import load_mmsa; "
+                "from fsrf.missing import ALL_PATTERNS, LNLNSampler, corrupt_split; d = load_mmsa(sys.argv[1]); "
+                "s = LNLNSampler(d.split('train'), seed=1111); "
+                "[s.epoch(e).batch(np.arange(32)) for e in range(2)]; te = d.split('test'); "
+                "[corrupt_split(te, rate=r / 10).batch(np.arange(256)) for r in range(10)]; "
+                "[corrupt_split(te, pattern=p).batch(np.arange(256)) for p in ALL_PATTERNS]", str(data)]
+    report["steps"]["data path"] = _run(datapath)
     run = work / "run"
     report["steps"]["train"] = _run(fsrf + ["train", "--data", str(data), "--dataset", "mosei", "--epochs",
                                             str(args.epochs), "--no-progress", "--out", str(run)])

@@ -232,7 +232,8 @@ def test_the_sampler_batches_are_those_of_lnln_drop_without_copying_the_features
     f, k, _ = missing.lnln_drop(sp.features, sp.masks, seed=5, epoch=2)
     eager = sp.with_arrays(features=f, masks=k)
     for m in ("audio", "vision"):
-        assert view.features[m] is sp.features[m]  # no copy
+        assert view._features[m] is sp.features[m]  # no copy
+        np.testing.assert_array_equal(view.features[m], eager.features[m])
     idx = np.array([3, 0, 17, 9, 23])
     a, b = view.batch(idx), eager.batch(idx)
     for m in sp.modalities:
@@ -435,3 +436,23 @@ def test_corrupt_on_cuda_with_cpu_generator():
                               generator=torch.Generator().manual_seed(0))
     for m in x:  # same draws whatever the data's device
         assert torch.equal(km[m].cpu(), km2[m])
+
+
+@pytest.mark.parametrize("rate, pattern", [(0.0, "lav"), (0.3, "lav"), (0.7, "av"), (0.0, "l"), (1.0, "la")])
+def test_corrupt_split_view_gives_the_batches_of_the_corrupted_arrays(tmp_path, rate, pattern):
+    from fsrf.data import load_mmsa, make_synthetic
+
+    p = make_synthetic("mosei", tmp_path / "m.pkl", n_train=4, n_valid=4, n_test=12,
+                       dims={"text": 8, "audio": 3, "vision": 4}, seq_lens={"text": 10, "audio": 10, "vision": 10})
+    sp = load_mmsa(p).split("test")
+    view = missing.corrupt_split(sp, rate=rate, pattern=pattern, seed=1111)
+    f, k = missing.drop_frames(sp.features, sp.masks, rate, seed=1111)
+    if pattern != "lav":
+        f, k = missing.remove_modalities(f, k, pattern)
+    eager = sp.with_arrays(features=f, masks=k)
+    assert view._features["audio"] is sp.features["audio"]  # a view, not a copy
+    for m in sp.modalities:  # read directly, its arrays are the corrupted ones
+        np.testing.assert_array_equal(view.features[m], eager.features[m])
+    a, b = view.batch(np.arange(12)), eager.batch(np.arange(12))
+    for m in sp.modalities:
+        assert torch.equal(a["inputs"][m], b["inputs"][m]) and torch.equal(a["masks"][m], b["masks"][m]), m

@@ -56,7 +56,7 @@ class MMSASplit(torch.utils.data.Dataset):
                  text_source: str = "features", class_labels: np.ndarray | None = None,
                  class_names: Sequence[str] | None = None, zero_unobserved: bool = False):
         self.name = name
-        self.features = dict(features)
+        self._features = dict(features)
         self.masks = dict(masks)
         self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
         self.unimodal_labels = {k: np.asarray(v, dtype=np.float32).reshape(-1)
@@ -75,10 +75,10 @@ class MMSASplit(torch.utils.data.Dataset):
         if self.class_labels is not None and len(self.class_labels) != n:
             raise ValueError(f"split '{name}': expected {n} class labels (one per sample); got "
                              f"{len(self.class_labels)}")
-        if set(self.features) != set(self.masks):
-            raise ValueError(f"split '{name}': features have modalities {sorted(self.features)} but masks "
+        if set(self._features) != set(self.masks):
+            raise ValueError(f"split '{name}': features have modalities {sorted(self._features)} but masks "
                              f"have {sorted(self.masks)}")
-        for m, x in self.features.items():
+        for m, x in self._features.items():
             mk = self.masks[m]
             if x.shape[0] != n or mk.shape[0] != n:
                 raise ValueError(f"split '{name}', modality '{m}': expected {n} samples (the number of labels); "
@@ -98,8 +98,8 @@ class MMSASplit(torch.utils.data.Dataset):
     @property
     def modalities(self) -> tuple[str, ...]:
         """Modality names present, in MMSA order."""
-        return tuple(m for m in MODALITIES if m in self.features) + tuple(
-            m for m in self.features if m not in MODALITIES)
+        return tuple(m for m in MODALITIES if m in self._features) + tuple(
+            m for m in self._features if m not in MODALITIES)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One sample: ``{"text", "audio", "vision": tensors, "masks": {...}, "label": float,
@@ -143,8 +143,16 @@ class MMSASplit(torch.utils.data.Dataset):
             out["class_labels"] = torch.from_numpy(self.class_labels[idx].copy())
         return out
 
+    @property
+    def features(self) -> Mapping[str, np.ndarray]:
+        """``{modality: array}``; in a view made by :meth:`with_masks`, each array is built on access
+        with the frames of cleared mask bits zeroed (a copy: :meth:`batch` reads only its rows)."""
+        if not self.zero_unobserved:
+            return self._features
+        return _ZeroedFeatures(self._features, self.masks)
+
     def _rows(self, m: str, idx) -> np.ndarray:
-        x = self.features[m][idx]
+        x = self._features[m][idx]
         if not self.zero_unobserved or not np.issubdtype(x.dtype, np.floating):
             return x
         return np.where(self.masks[m][idx][..., None], x, np.zeros((), dtype=x.dtype))
@@ -155,7 +163,7 @@ class MMSASplit(torch.utils.data.Dataset):
         bits, without a copy of the features (integer BERT ids are passed through unchanged)."""
         k = dict(self.masks)
         k.update(masks)
-        return MMSASplit(name or self.name, self.features, k, self.labels, unimodal_labels=self.unimodal_labels,
+        return MMSASplit(name or self.name, self._features, k, self.labels, unimodal_labels=self.unimodal_labels,
                          lengths=self.lengths, text_bert=self.text_bert, ids=self.ids, raw_text=self.raw_text,
                          text_source=self.text_source, class_labels=self.class_labels,
                          class_names=self.class_names, zero_unobserved=True)
@@ -167,7 +175,7 @@ class MMSASplit(torch.utils.data.Dataset):
 
         Modalities not in ``features``/``masks`` keep the current arrays.
         """
-        f = dict(self.features)
+        f = dict(self._features)
         f.update(features or {})
         k = dict(self.masks)
         k.update(masks or {})
@@ -180,8 +188,27 @@ class MMSASplit(torch.utils.data.Dataset):
                          class_names=self.class_names, zero_unobserved=self.zero_unobserved)
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{m}={tuple(self.features[m].shape)}" for m in self.modalities)
+        shapes = ", ".join(f"{m}={tuple(self._features[m].shape)}" for m in self.modalities)
         return f"MMSASplit({self.name!r}, n={len(self)}, {shapes}, text_source={self.text_source!r})"
+
+
+class _ZeroedFeatures(Mapping):
+    """The features of a :meth:`MMSASplit.with_masks` view, each zeroed where its mask is clear."""
+
+    def __init__(self, features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> None:
+        self._f, self._k = features, masks
+
+    def __getitem__(self, m: str) -> np.ndarray:
+        x = self._f[m]
+        if not np.issubdtype(x.dtype, np.floating):
+            return x
+        return np.where(self._k[m][..., None], x, np.zeros((), dtype=x.dtype))
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def __len__(self) -> int:
+        return len(self._f)
 
 
 def collate_mmsa(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from fsrf.runtime.io import atomic_write_text, ensure_dir
@@ -73,19 +72,6 @@ def load_predictor(source: str | os.PathLike | nn.Module, device: str = "cpu") -
                    "source": str(next(iter(found.values())))}
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, split, batch_size: int, device: str, bar) -> np.ndarray:
-    out = []
-    for start in range(0, len(split), batch_size):
-        b = split.batch(np.arange(start, min(start + batch_size, len(split))))
-        inputs = {m: x.to(device) for m, x in b["inputs"].items()}
-        masks = {m: x.to(device) for m, x in b["masks"].items()}
-        out.append(model(inputs, masks).float().cpu().numpy())
-        if bar is not None:
-            bar.update(len(b["index"]))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
 def predict_file(model: str | os.PathLike | nn.Module, data_path: str | os.PathLike, *,
                  splits: Sequence[str] | None = None, batch_size: int = 256, device: str = "cpu",
                  progress: bool | None = None) -> dict[str, Any]:
@@ -96,7 +82,7 @@ def predict_file(model: str | os.PathLike | nn.Module, data_path: str | os.PathL
     the model was not trained on, or a bad ``batch_size``.
     """
     from fsrf.data.features import read_features
-    from fsrf.training.trainer import model_task
+    from fsrf.training.trainer import model_task, predict_split
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
@@ -120,7 +106,8 @@ def predict_file(model: str | os.PathLike | nn.Module, data_path: str | os.PathL
     try:
         for s in chosen:
             sp = data[s]
-            pred = _predict(net, sp, batch_size, device, bar)
+            pred = predict_split(net, sp, batch_size=batch_size, device=device,
+                                 on_batch=None if bar is None else bar.update)
             avail = np.stack([sp.masks[m].any(axis=1) for m in sp.modalities], 1)
             for i in range(len(sp)):
                 row: dict[str, Any] = {"split": s, "index": i, "id": sp.ids[i] if sp.ids is not None else "",

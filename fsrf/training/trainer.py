@@ -225,8 +225,10 @@ def _same_model(ck: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
 
 # -- evaluation helpers used during training ---------------------------------------------------
 @torch.no_grad()
-def predict_split(model: nn.Module, split, *, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """Predictions (N,) of ``model`` on every sample of ``split`` (eval mode, no aux losses)."""
+def predict_split(model: nn.Module, split, *, batch_size: int = 256, device: str = "cpu",
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Predictions (N,) — (N, C) logits for a classifier — of ``model`` on every sample of ``split``
+    (eval mode, no aux losses); ``on_batch(n)`` is called after each batch of ``n`` samples."""
     was_training = model.training
     model.eval()
     out = []
@@ -235,6 +237,8 @@ def predict_split(model: nn.Module, split, *, batch_size: int = 256, device: str
         inputs = {m: x.to(device) for m, x in b["inputs"].items()}
         masks = {m: x.to(device) for m, x in b["masks"].items()}
         out.append(model(inputs, masks).float().cpu().numpy())
+        if on_batch is not None:
+            on_batch(len(b["index"]))
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The study behind README.md "Results" and docs/FSRF_METHOD.md §7: FSRF, FSRF as first
+# The study behind docs/results/summary.md and docs/FSRF_METHOD.md §7: FSRF, FSRF as first
 # reconstructed, its three ablations and the built-in baselines, 5 seeds each, on both synthetic
 # generators (MOSEI layout, 800 / 200 / 400 samples), evaluated under the same masks at every
 # intra rate and availability pattern. Reruns resume. Usage: scripts/study.sh [OUT] (default study/);

@@ -1,4 +1,4 @@
-"""README tables from the results of scripts/study.sh: per generator, every model's mean ± std
+"""docs/results/summary.md tables from the results of scripts/study.sh: per generator, every model's mean ± std
 over seeds of Has0_F1 and MAE for the groups of the comparison, with the paired t-test p of FSRF
 against it, and the conditions (each intra rate, each pattern) where FSRF is below the best
 baseline (its ablations included) by more than one standard deviation of the seeds.

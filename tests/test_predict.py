@@ -134,3 +134,15 @@ def test_bad_input_is_one_line_naming_what_is_wrong(run, tiny, tmp_path, capsys)
         predict_file(run, tiny, batch_size=0)
     with pytest.raises(FileNotFoundError, match="feature file .* does not exist"):
         predict_file(run, tmp_path / "nope.pkl")
+
+
+def test_lengths_beyond_the_padded_length_are_clipped_with_the_loaders_warning(run, tmp_path):
+    from fsrf.data import make_synthetic
+    from fsrf.data.mmsa import MMSALengthWarning
+
+    src = make_synthetic("mosei", tmp_path / "u.pkl", n_train=4, n_valid=4, n_test=6, seed=2, aligned=False,
+                         dims={"text": 16, "audio": 6, "vision": 5}, seq_lens={"text": 6, "audio": 8, "vision": 8})
+    path = _variant(src, tmp_path / "long.pkl", lambda obj: obj["test"]["audio_lengths"].__setitem__(0, 99))
+    with pytest.warns(MMSALengthWarning, match="exceed the padded length"):
+        res = predict_file(run, path, splits=["test"])
+    assert len(res["rows"]) == 6

@@ -20,12 +20,14 @@ them for a model whose feature dims are known:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 
 from fsrf.data.dataset import MODALITIES, MMSASplit
-from fsrf.data.mmsa import SPLITS, _array, _class_labels, _err, _labels, _lengths, _nonzero_rows, _to_float32
+from fsrf.data.mmsa import (SPLITS, MMSALengthWarning, _array, _class_labels, _err, _labels, _length_messages,
+                            _lengths, _nonzero_rows, _to_float32)
 from fsrf.data.safe_pickle import safe_load
 
 __all__ = ["read_features"]
@@ -48,9 +50,9 @@ def _one_split(raw: dict, split: str, *, path: str, dims: Mapping[str, int]) -> 
     n = None
     for m in MODALITIES:
         if m in raw:
-            x = np.asarray(raw[m]) if not isinstance(raw[m], np.ndarray) else raw[m]
-            if x.ndim >= 1:
-                n = int(x.shape[0])
+            shape = np.shape(raw[m])
+            if shape:
+                n = int(shape[0])
                 break
     if n is None:
         raise _err(path, split, "text/audio/vision", "none of the modalities is present; nothing to predict on")
@@ -85,6 +87,9 @@ def _one_split(raw: dict, split: str, *, path: str, dims: Mapping[str, int]) -> 
     ids = [str(v) for v in np.asarray(ids, dtype=object).reshape(-1)] if ids is not None else None
     if ids is not None and len(ids) != n:
         raise _err(path, split, "id", f"expected {n} entries (one per sample); found {len(ids)}")
+    if too_long:  # clipped to the padded length, as load_mmsa does, and said the same way
+        warn, refuse = _length_messages(path, too_long)
+        warnings.warn(MMSALengthWarning(warn, too_long, refuse), stacklevel=3)
     return MMSASplit(split, features, masks, labels, lengths=lengths, ids=ids,
                      class_labels=_class_labels(raw, n))
 

@@ -1,14 +1,16 @@
-"""``FSRFConfig``: every width, loss weight and switch of the method (docs/FSRF_METHOD.md)."""
+"""``FSRFConfig``: every width, loss weight and switch of the method (docs/FSRF_METHOD.md), in
+groups, with a version and explicit upgrades of every version ever saved."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
-__all__ = ["FSRFConfig", "AUX_WEIGHTS", "FIRST_RECONSTRUCTION", "KL_STOP_GRAD", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES",
-           "SHARED_POOLS", "TASK_LOSSES"]
+__all__ = ["FSRFConfig", "ConfigGroup", "AUX_WEIGHTS", "CONFIG_VERSION", "FIRST_RECONSTRUCTION", "GROUPS", "KL_STOP_GRAD",
+           "POOLINGS", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES", "SHARED_POOLS", "TASK_LOSSES"]
 
 KL_STOP_GRAD = ("both", "none", "richer")
 TASK_LOSSES = ("l1", "mse")
@@ -16,6 +18,40 @@ REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
 SHARED_POOLS = ("mean", "gated")
 PRIVATE_POOLS = ("same", "shrink", "wiener")
+
+#: ``pooling`` -> (LayerNorm on each pooled z_m, James-Stein shrinkage of every pooled mean, what
+#: the heterogeneous and noise encoders read). One choice, because the three switches it replaced
+#: interacted: norm and shrink exclude each other, and the private choice is moot under "shrink".
+POOLINGS: dict[str, tuple[bool, bool, str]] = {
+    "norm": (True, False, "same"),
+    "norm+private-shrink": (True, False, "shrink"),
+    "norm+private-wiener": (True, False, "wiener"),
+    "mean": (False, False, "same"),
+    "mean+private-shrink": (False, False, "shrink"),
+    "mean+private-wiener": (False, False, "wiener"),
+    "shrink": (False, True, "same"),
+}
+
+#: The version :meth:`FSRFConfig.to_dict` writes. Version 1 (no ``config_version`` key) is every
+#: config saved before versions existed; :data:`MIGRATIONS` upgrades it step by step.
+CONFIG_VERSION = 2
+
+#: The fields of each group, in the order the grouped form (:meth:`FSRFConfig.to_dict` with
+#: ``grouped=True``, :meth:`FSRFConfig.to_json`) writes them.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "architecture": ("d_model", "num_heads", "d_factor", "d_out", "conv_kernel", "proj_norm", "encoder_layers",
+                     "dropout", "attn_dropout"),
+    "ablation": ("dhf", "das", "recovery"),
+    "constraints": ("w_orth", "w_dered", "w_hom", "w_rec", "detach_norm", "orth_eps", "decor_eps", "rec_detach_target",
+                    "orth_reduction", "hom_reduction", "mmd_num_kernels", "mmd_kernel_mul", "mmd_unbiased",
+                    "mmd_normalize"),
+    "distillation": ("w_kl", "w_dist", "w_recov", "w_pred", "kl_temperature", "kl_stop_grad", "view_rate",
+                     "view_inter_prob", "recovery_loss"),
+    "training": ("task_loss", "dequantize_labels", "aux_warmup_steps", "aux_warmup_epochs", "aux_balance",
+                 "modality_dropout"),
+    "fusion": ("pooling", "shared_pool", "fusion_availability"),
+    "execution": ("global_batch", "backend"),
+}
 
 #: The weight field of each auxiliary term of the objective (docs/FSRF_METHOD.md §4), in the order
 #: they are summed. The only place a term meets its weight: :meth:`FSRFConfig.weighted_aux` is used
@@ -26,9 +62,8 @@ AUX_WEIGHTS: dict[str, str] = {
     "kl": "w_kl", "dist": "w_dist", "recov": "w_recov", "loo": "w_recov", "pred": "w_pred",
 }
 
-#: The fields whose defaults changed after the multi-seed studies of docs/FSRF_METHOD.md §7, with
-#: the values of the first reconstruction. A saved config that lacks one of them was written
-#: before the change and is read with these values (:meth:`FSRFConfig.from_saved`).
+#: The method as first reconstructed: the values of the fields whose defaults the studies of
+#: docs/research-log/ changed (:meth:`FSRFConfig.first_reconstruction`).
 FIRST_RECONSTRUCTION: dict[str, Any] = {
     "rec_detach_target": False,
     "orth_reduction": "sum",
@@ -38,97 +73,189 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "modality_dropout": 0.0,
     "fusion_availability": False,
     "recovery_loss": "view",
-    "pool_norm": False,
+    "pooling": "mean",
     "shared_pool": "mean",
-    "private_pool": "same",
     "dequantize_labels": False,
     "w_pred": 0.0,
 }
 
+# Version 1 was upgraded by the absence of a key: a field a saved dict lacks was written before the
+# field existed, and takes the value that reproduces the behaviour of that time (its own names).
+_V1_BEFORE: dict[str, Any] = {
+    **{k: v for k, v in FIRST_RECONSTRUCTION.items() if k != "pooling"},
+    "pool_norm": False, "pool_shrink": False, "private_pool": "same",
+    "global_batch": False, "encoder_layers": 0, "aux_warmup_epochs": 0.0,
+}
+_LEGACY_POOLING = ("pool_norm", "pool_shrink", "private_pool")
+
+
+def _pooling_of(pool_norm: Any, pool_shrink: Any, private_pool: Any) -> str:
+    """The ``pooling`` choice of the three version-1 switches (validated by name)."""
+    for name, value in (("pool_norm", pool_norm), ("pool_shrink", pool_shrink)):
+        if not isinstance(value, bool):
+            raise TypeError(f"FSRFConfig.{name} must be a bool; got {value!r}")
+    if private_pool not in PRIVATE_POOLS:
+        raise ValueError(f"FSRFConfig.private_pool must be one of {PRIVATE_POOLS}; got {private_pool!r}")
+    if pool_norm and pool_shrink:
+        raise ValueError("FSRFConfig.pool_norm and FSRFConfig.pool_shrink are two ways to pool; set at most one "
+                         "(pool_shrink=True needs pool_norm=False); got both True")
+    if pool_shrink:  # every encoder reads the shrunk mean: the private choice never applied
+        return "shrink"
+    return f"{'norm' if pool_norm else 'mean'}{'' if private_pool == 'same' else '+private-' + private_pool}"
+
+
+def _v1_to_v2(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
+    """Version 1 -> 2: absent fields take their value from before they existed (saved dicts only),
+    the three pooling switches become ``pooling``, and ``extra`` (read by nothing) goes."""
+    if fill_absent:
+        d = {**{k: v for k, v in _V1_BEFORE.items() if k not in d}, **d}
+    if any(k in d for k in _LEGACY_POOLING):
+        pooling = d.pop("pooling", FSRFConfig.pooling)
+        if pooling not in POOLINGS:
+            raise ValueError(f"FSRFConfig.pooling must be one of {tuple(POOLINGS)}; got {pooling!r}")
+        base = POOLINGS[pooling]
+        legacy = [d.pop(k, b) for k, b in zip(_LEGACY_POOLING, base)]
+        d["pooling"] = _pooling_of(*legacy)
+    extra = d.pop("extra", None)
+    if extra:
+        raise ValueError(f"FSRFConfig.extra was removed in config version 2 (nothing read it); got {extra!r}")
+    return d
+
+
+#: ``version -> step`` upgrading a dict of that version to the next (``fill_absent``: the dict was
+#: saved with a model, so a missing field predates the field).
+MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def migrate(d: Mapping[str, Any], *, saved: bool) -> dict[str, Any]:
+    """The flat, current-version dict of ``d``: grouped or flat, of any version ever written.
+
+    ``saved``: ``d`` was written with a model, so a dict without ``config_version`` is version 1;
+    otherwise (keyword arguments, a hand-written file) it is the current version.
+    """
+    if not isinstance(d, Mapping):
+        raise TypeError(f"config must be a mapping; got {type(d).__name__}")
+    d = dict(d)
+    for group, names in GROUPS.items():
+        if isinstance(d.get(group), Mapping):
+            inner = dict(d.pop(group))
+            stray = sorted(set(inner) - set(names))
+            if stray:
+                raise ValueError(f"FSRFConfig group {group!r} has no field(s) {stray}; its fields: {list(names)}")
+            clash = sorted(set(inner) & set(d))
+            if clash:
+                raise ValueError(f"FSRFConfig field(s) {clash} given both flat and in group {group!r}")
+            d.update(inner)
+    version = d.pop("config_version", 1 if saved else CONFIG_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+        raise ValueError(f"config_version must be an int in [1, {CONFIG_VERSION}] (this fsrf writes "
+                         f"{CONFIG_VERSION}); got {version!r}")
+    for v in range(version, CONFIG_VERSION):
+        d = MIGRATIONS[v](d, fill_absent=saved)
+    if version == CONFIG_VERSION and any(k in d for k in (*_LEGACY_POOLING, "extra")):
+        d = _v1_to_v2(d, fill_absent=False)  # keyword arguments of version 1 still work
+    return d
+
+
+class ConfigGroup:
+    """A read-only view of one group of an :class:`FSRFConfig` (``config.architecture.d_model``)."""
+
+    __slots__ = ("_config", "_name")
+
+    def __init__(self, config: "FSRFConfig", name: str) -> None:
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_name", name)
+
+    def __getattr__(self, key: str) -> Any:
+        if key in GROUPS[self._name]:
+            return getattr(self._config, key)
+        raise AttributeError(f"FSRFConfig group {self._name!r} has no field {key!r}; its fields: "
+                             f"{list(GROUPS[self._name])}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"FSRFConfig groups are read-only views; use config.replace({key}=...)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The group's fields and values."""
+        return {k: getattr(self._config, k) for k in GROUPS[self._name]}
+
+    def __repr__(self) -> str:
+        return f"{self._name}({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
+
+def _group_property(name: str) -> property:
+    def view(self: "FSRFConfig") -> ConfigGroup:
+        return ConfigGroup(self, name)
+
+    view.__doc__ = f"The ``{name}`` fields, a read-only view (:data:`GROUPS`)."
+    return property(view)
+
 
 @dataclass
 class FSRFConfig:
-    """Configuration of :class:`fsrf.FSRFLayer` and :class:`fsrf.FSRFModel`.
+    """Configuration of :class:`fsrf.FSRFLayer`, :class:`fsrf.FSRFObjective` and :class:`fsrf.FSRFModel`.
 
-    Defaults follow ``docs/FSRF_METHOD.md``; each field not fixed by the paper's abstract is a
-    switch of our reconstruction (§6 there), so a correction from the paper text lands here.
+    Every field is a keyword (``FSRFConfig(d_model=64, w_orth=0.3)``) and an attribute; each also
+    belongs to one group (:data:`GROUPS`), readable as a view (``config.distillation.w_kl``) and
+    written so by :meth:`to_json`. Fields the paper's abstract does not fix are switches of our
+    reconstruction; docs/FSRF_METHOD.md has their table with the evidence for each default.
 
-    Architecture
-        ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the
-        fused output, default d), ``conv_kernel`` (temporal kernel of the input projection:
-        an int for every modality or ``{name: int}``; 1 means a ``Linear``), ``encoder_layers``
-        (0: one masked cross-modal attention per modality with a residual, the encoder of every
-        round so far; L > 0: per modality L pre-norm transformer blocks of masked temporal
-        self-attention, then L cross-modal blocks over the other modalities, each with a
-        feed-forward network — the depth of the lineage's encoders, MulT's among them),
-        ``dropout`` (inside the MLPs and the blocks), ``attn_dropout``.
-    Ablation switches
-        ``dhf`` (factorization and its constraints; ``False`` fuses the plain pooled features),
-        ``das`` (two-view self-distillation in :meth:`FSRFModel.training_loss`),
-        ``recovery`` (substitute recovered parts for missing modalities).
-    Loss weights (§4 total)
-        ``w_orth`` 0.3, ``w_dered`` 0.01, ``w_hom`` 1.0, ``w_rec`` 1.0, ``w_kl`` 0.5,
-        ``w_dist`` 0.5, ``w_recov`` 1.0, ``w_pred`` 0.5 (prediction distillation: view B's
-        prediction is pulled towards view A's detached prediction by the task loss's own form, L1
-        or MSE, so the sparser view learns from the model's estimate on the richer one as well as
-        from the label; default since §7's eleventh round; 0 = off, as before it).
-    Loss details
-        ``detach_norm``/``orth_eps`` (MISA DiffLoss), ``decor_eps``, ``mmd_num_kernels``,
-        ``mmd_kernel_mul``, ``mmd_unbiased``, ``kl_temperature`` (T = 2), ``kl_stop_grad``
-        (``"both"``: the target side of each KL direction is detached; ``"none"``: nothing is
-        detached; ``"richer"``: only the richer view A is detached, so knowledge flows A → B in
-        both directions), ``task_loss`` (``"l1"`` or ``"mse"``), ``dequantize_labels`` (in
-        training, the task loss sees each label plus ``U(-h, h)`` noise, ``h`` half the step of the
-        labels' annotation grid as estimated from the training labels,
-        :class:`fsrf.models.label_grid.LabelDequantizer`; default, §7 eighth round; ``False``: the
-        labels as given).
-    Optimisation balance (§7; ``FSRFConfig.first_reconstruction()`` restores the first values)
-        ``rec_detach_target`` (reconstruct a detached ``z_m``, default ``True``),
-        ``orth_reduction`` / ``hom_reduction`` (``"mean"``: average the orthogonality pair terms
-        and the homogeneous MMD pairs instead of summing them), ``mmd_normalize`` (divide each
-        MMD by ``mmd_num_kernels``, so it lies in [0, 2] whatever the number of bandwidths),
-        ``aux_warmup_steps`` (ramp every auxiliary weight linearly from 0 over this many
-        training steps of :class:`fsrf.FSRFModel`; 0 = off; default 200), ``aux_warmup_epochs``
-        (> 0: the ramp lasts this many epochs instead, whatever the data's size; the trainer
-        tells the model the steps of an epoch, :meth:`fsrf.FSRFObjective.set_steps_per_epoch`;
-        0, the default: ``aux_warmup_steps`` holds; issue 29's matrix decides between them).
-    Whole-modality robustness (§7)
-        ``modality_dropout`` (probability that a training sample of view A loses one or two
-        whole modalities, as the evaluation's patterns do; default 0.3),
-        ``fusion_availability`` (the availability flags ``a_m`` enter the fusion MLP),
-        ``pool_norm`` (a LayerNorm on each pooled ``z_m``, so that a mean over few observed frames,
-        which is noisier, does not come out larger and push the predictions outwards; default),
-        ``pool_shrink`` (another answer to the same problem, not the default: each masked mean is
-        shrunk towards the running mean of the pooled features by the James-Stein estimate of its
-        noise share, :class:`fsrf.nn.ShrinkagePool`, so a well-observed mean keeps its size; needs
-        ``pool_norm=False``; both off: the plain masked mean),
-        ``private_pool`` (what the heterogeneous and noise encoders read: ``"shrink"``, the masked
-        mean shrunk as ``pool_shrink`` shrinks it, while the homogeneous encoder and the
-        reconstruction target keep ``z_m``, default; ``"wiener"``, the masked mean shrunk feature by
-        feature by the posterior-mean factor of the population's running signal and noise variances,
-        :class:`fsrf.nn.WienerPool` (a trial, not the default); or ``"same"``, the ``z_m`` the
-        homogeneous encoder reads; no effect without ``dhf``, or with ``pool_shrink``, where every encoder reads
-        the shrunk mean already),
-        ``shared_pool`` (how the homogeneous codes of the available modalities combine into
-        ``s̄``: ``"mean"``, or ``"gated"``, weights from a softmax over them of a learned score of
-        each code, zero-initialised so that training starts from the mean; default),
-        ``recovery_loss`` (``"view"``: recovery learns from the second view only;
-        ``"view+loo"``: also leave-one-out — every available modality's heterogeneous part is
-        predicted from the shared code of the others, for every pattern; default).
-    Second view (DAS)
-        ``view_rate`` (extra frame-drop rate; ``None`` draws one rate per sample from U(0, 1)),
-        ``view_inter_prob`` (probability that a sample loses one or two whole modalities).
-    Execution
-        ``global_batch``: under ``torch.distributed`` (``torchrun``), compute the batch
-        statistics — every MMD with its bandwidth, the KL batch mean, the centring and
-        standardisation of the DHF constraints — over the rows of all processes, so that N
-        processes on B/N rows each optimise what one process on B rows does (``None``, the
-        default: on whenever there is more than one process; ``False``: per process, as before).
-        ``backend``: ``"auto"`` (default), ``"torch"``, ``"cpp"``, ``"cuda"`` or ``"triton"``: the
-        backend of every op the layer and model run (attention and every loss) where that op
-        implements it; the others keep their automatic choice (see
-        :meth:`fsrf.FSRFLayer.op_backend`). ``"torch"`` runs the whole model on the pure-PyTorch
-        references.
+    architecture
+        ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the fused
+        output, default d), ``conv_kernel`` (odd temporal kernel of the input projection, one int or
+        ``{modality: int}``; 1 is a ``Linear``), ``proj_norm`` (a LayerNorm on every projected frame,
+        ``u_m = LN(W x_m)``, as first reconstructed; ``False``: the projection alone, under trial in
+        issue 29's regime matrix), ``encoder_layers`` (0: one masked cross-modal
+        attention per modality with a residual; L > 0: per modality L pre-norm blocks of masked
+        temporal self-attention, then L cross-modal blocks, each with a feed-forward network),
+        ``dropout`` (MLPs and blocks), ``attn_dropout``.
+    ablation
+        ``dhf`` (factorization and its constraints; ``False`` fuses the pooled features),
+        ``das`` (the second view and its self-distillation), ``recovery`` (recovered parts stand in
+        for missing modalities).
+    constraints (DHF)
+        weights ``w_orth`` 0.3, ``w_dered`` 0.01, ``w_hom`` 1.0, ``w_rec`` 1.0; ``detach_norm`` and
+        ``orth_eps`` (MISA's difference loss), ``decor_eps``, ``rec_detach_target`` (reconstruct a
+        detached ``z_m``), ``orth_reduction`` / ``hom_reduction`` (``"mean"`` averages the pair
+        terms, ``"sum"`` adds them), ``mmd_num_kernels``, ``mmd_kernel_mul``, ``mmd_unbiased``,
+        ``mmd_normalize`` (divide each MMD by the number of bandwidths, so it lies in [0, 2]).
+    distillation (DAS)
+        weights ``w_kl`` 0.5, ``w_dist`` 0.5, ``w_recov`` 1.0 (also the leave-one-out recovery),
+        ``w_pred`` 0.5 (view B's prediction pulled towards view A's detached one by the task loss's
+        own form); ``kl_temperature``; ``kl_stop_grad`` (``"both"``: each KL direction's target is
+        detached; ``"none"``; ``"richer"``: only view A is detached); ``view_rate`` (view B's extra
+        frame-drop rate; ``None`` draws one per sample from U(0, 1)); ``view_inter_prob``
+        (probability that a view-B sample loses one or two whole modalities); ``recovery_loss``
+        (``"view"``: recovery learns from view B only; ``"view+loo"``: also leave-one-out over every
+        available modality of every batch).
+    training
+        ``task_loss`` (``"l1"`` or ``"mse"``; classification always uses cross-entropy),
+        ``dequantize_labels`` (regression: the task loss sees each label plus U(-h, h) noise, h half
+        the annotation grid's step, :class:`fsrf.models.label_grid.LabelDequantizer`),
+        ``aux_warmup_steps`` (every auxiliary weight ramps linearly from 0 over this many steps; 0 is
+        off), ``aux_warmup_epochs`` (> 0: the ramp lasts this many epochs instead, whatever the
+        data's size; the trainer gives the epoch's length), ``aux_balance`` (κ > 0: each weighted
+        auxiliary term ``w·L`` is scaled by the detached factor ``min(1, κ·L_task / (w·L))``, so that
+        no term's loss exceeds κ times view A's task loss whatever the data's scale; 0, the default, is
+        off; under trial in issue 29's regime matrix), ``modality_dropout`` (probability that a
+        view-A training sample loses one or two whole modalities).
+    fusion
+        ``pooling`` (a key of :data:`POOLINGS`: ``"norm"``, a LayerNorm on each pooled ``z_m`` so
+        that a mean over few frames is not larger; ``"mean"``, the plain masked mean; ``"shrink"``,
+        the masked mean shrunk towards the running mean by the James-Stein estimate of its noise
+        share, :class:`fsrf.nn.ShrinkagePool`; ``"…+private-shrink"`` / ``"…+private-wiener"``: only
+        the heterogeneous and noise encoders read a shrunk mean, per sample or per feature,
+        :class:`fsrf.nn.WienerPool`), ``shared_pool`` (``"mean"`` or ``"gated"``: how the
+        homogeneous codes of the available modalities combine into ``s̄``), ``fusion_availability``
+        (the availability flags enter the fusion MLP).
+    execution
+        ``global_batch`` (under ``torch.distributed``, batch statistics over the rows of all
+        processes; ``None``: on with more than one process), ``backend`` (``"auto"``, ``"torch"``,
+        ``"cpp"``, ``"cuda"`` or ``"triton"`` for every op that implements it,
+        :meth:`fsrf.FSRFLayer.op_backend`).
+
+    Version-1 keywords still work: ``pool_norm``, ``pool_shrink`` and ``private_pool`` set
+    ``pooling`` (and read back as properties); ``config_version`` is accepted when it is current.
     """
 
     d_model: int = 128
@@ -136,6 +263,7 @@ class FSRFConfig:
     d_factor: int | None = None
     d_out: int | None = None
     conv_kernel: int | dict[str, int] = 1
+    proj_norm: bool = True
     encoder_layers: int = 0
     dropout: float = 0.1
     attn_dropout: float = 0.0
@@ -148,42 +276,40 @@ class FSRFConfig:
     w_dered: float = 0.01
     w_hom: float = 1.0
     w_rec: float = 1.0
+    detach_norm: bool = True
+    orth_eps: float = 1e-6
+    decor_eps: float = 1e-5
+    rec_detach_target: bool = True
+    orth_reduction: str = "mean"
+    hom_reduction: str = "mean"
+    mmd_num_kernels: int = 5
+    mmd_kernel_mul: float = 2.0
+    mmd_unbiased: bool = False
+    mmd_normalize: bool = True
+
     w_kl: float = 0.5
     w_dist: float = 0.5
     w_recov: float = 1.0
     w_pred: float = 0.5
-
-    detach_norm: bool = True
-    orth_eps: float = 1e-6
-    decor_eps: float = 1e-5
-    mmd_num_kernels: int = 5
-    mmd_kernel_mul: float = 2.0
-    mmd_unbiased: bool = False
     kl_temperature: float = 2.0
     kl_stop_grad: str = "both"
-    task_loss: str = "l1"
-    dequantize_labels: bool = True
-
     view_rate: float | None = None
     view_inter_prob: float = 0.3
+    recovery_loss: str = "view+loo"
 
-    rec_detach_target: bool = True
-    orth_reduction: str = "mean"
-    hom_reduction: str = "mean"
-    mmd_normalize: bool = True
+    task_loss: str = "l1"
+    dequantize_labels: bool = True
     aux_warmup_steps: int = 200
     aux_warmup_epochs: float = 0.0
+    aux_balance: float = 0.0
     modality_dropout: float = 0.3
-    fusion_availability: bool = True
-    recovery_loss: str = "view+loo"
-    pool_norm: bool = True
+
+    pooling: str = "norm+private-shrink"
     shared_pool: str = "gated"
-    pool_shrink: bool = False
-    private_pool: str = "shrink"
+    fusion_availability: bool = True
 
     global_batch: bool | None = None
     backend: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -221,7 +347,7 @@ class FSRFConfig:
         _num("dropout", 0.0, 1.0)
         _num("attn_dropout", 0.0, 1.0)
         for name in ("dhf", "das", "recovery", "detach_norm", "mmd_unbiased", "rec_detach_target",
-                     "mmd_normalize", "fusion_availability", "pool_norm", "pool_shrink", "dequantize_labels"):
+                     "mmd_normalize", "fusion_availability", "dequantize_labels", "proj_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"FSRFConfig.{name} must be a bool; got {getattr(self, name)!r}")
         for name in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov", "w_pred"):
@@ -241,17 +367,15 @@ class FSRFConfig:
         for name in ("orth_reduction", "hom_reduction"):
             if getattr(self, name) not in REDUCTIONS:
                 raise ValueError(f"FSRFConfig.{name} must be one of {REDUCTIONS}; got {getattr(self, name)!r}")
-        if self.pool_norm and self.pool_shrink:
-            raise ValueError("FSRFConfig.pool_norm and FSRFConfig.pool_shrink are two ways to pool; set at most one "
-                             "(pool_shrink=True needs pool_norm=False); got both True")
-        if self.private_pool not in PRIVATE_POOLS:
-            raise ValueError(f"FSRFConfig.private_pool must be one of {PRIVATE_POOLS}; got {self.private_pool!r}")
+        if not isinstance(self.pooling, str) or self.pooling not in POOLINGS:
+            raise ValueError(f"FSRFConfig.pooling must be one of {tuple(POOLINGS)}; got {self.pooling!r}")
         if self.shared_pool not in SHARED_POOLS:
             raise ValueError(f"FSRFConfig.shared_pool must be one of {SHARED_POOLS}; got {self.shared_pool!r}")
         if self.recovery_loss not in RECOVERY_LOSSES:
             raise ValueError(f"FSRFConfig.recovery_loss must be one of {RECOVERY_LOSSES}; got {self.recovery_loss!r}")
         _int("aux_warmup_steps", 0)
         _num("aux_warmup_epochs", 0.0)
+        _num("aux_balance", 0.0)
         if self.global_batch is not None and not isinstance(self.global_batch, bool):
             raise TypeError(f"FSRFConfig.global_batch must be True, False or None; got {self.global_batch!r}")
         _num("modality_dropout", 0.0, 1.0)
@@ -261,6 +385,21 @@ class FSRFConfig:
             raise ValueError(f"FSRFConfig.backend must be one of {BACKENDS}; got {self.backend!r}")
 
     # -- derived ----------------------------------------------------------------------------
+    @property
+    def pool_norm(self) -> bool:
+        """A LayerNorm on each pooled ``z_m`` (from ``pooling``; a version-1 keyword)."""
+        return POOLINGS[self.pooling][0]
+
+    @property
+    def pool_shrink(self) -> bool:
+        """Every pooled mean shrunk by its evidence (``pooling="shrink"``; a version-1 keyword)."""
+        return POOLINGS[self.pooling][1]
+
+    @property
+    def private_pool(self) -> str:
+        """What the heterogeneous and noise encoders read (from ``pooling``; a version-1 keyword)."""
+        return POOLINGS[self.pooling][2]
+
     @property
     def factor_dim(self) -> int:
         """d_f: width of the homogeneous / heterogeneous / noise factors."""
@@ -277,25 +416,46 @@ class FSRFConfig:
             return int(self.conv_kernel.get(name, 1))
         return int(self.conv_kernel)
 
-    def weighted_aux(self, terms: Mapping[str, Any], zero: Any = 0.0) -> Any:
+    def weighted_aux(self, terms: Mapping[str, Any], zero: Any = 0.0, cap: Any = None) -> Any:
         """``Σ w_k · terms[k]`` over the auxiliary terms of :data:`AUX_WEIGHTS` present in ``terms``
-        (tensors or numbers; other keys, such as the task terms, are ignored); ``zero`` when none is."""
+        (tensors or numbers; other keys, such as the task terms, are ignored); ``zero`` when none is.
+
+        ``cap`` (a tensor; ``aux_balance`` × the task loss): each weighted term is scaled by the
+        detached ``min(1, cap / |w·L|)``, so its value is at most ``cap`` and its gradient keeps its
+        direction."""
         total = zero
         for key, weight in AUX_WEIGHTS.items():
             if key in terms:
-                total = total + getattr(self, weight) * terms[key]
+                term = getattr(self, weight) * terms[key]
+                if cap is not None:
+                    term = term * (cap.detach() / term.detach().abs().clamp_min(1e-12)).clamp(max=1.0)
+                total = total + term
         return total
 
     # -- (de)serialisation ------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (JSON-serialisable)."""
-        return dataclasses.asdict(self)
+    def to_dict(self, grouped: bool = False) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable) with ``config_version``: flat (the constructor's
+        keywords), or ``grouped`` as :data:`GROUPS` orders them."""
+        flat = dataclasses.asdict(self)
+        if not grouped:
+            return {"config_version": CONFIG_VERSION, **flat}
+        return {"config_version": CONFIG_VERSION, **{g: {k: flat[k] for k in names} for g, names in GROUPS.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FSRFConfig":
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"config must be a mapping; got {type(d).__name__}")
+        """Build from a flat or grouped dict; without ``config_version`` it is read as the current
+        version (keyword arguments, a hand-written file), and unknown keys are refused by name."""
+        return cls._build(migrate(d, saved=False))
+
+    @classmethod
+    def from_saved(cls, d: Mapping[str, Any]) -> "FSRFConfig":
+        """Like :meth:`from_dict`, for a config saved with a model: a dict without
+        ``config_version`` is version 1 and goes through every step of :data:`MIGRATIONS`, so a
+        checkpoint or model folder of any earlier fsrf loads as it was trained."""
+        return cls._build(migrate(d, saved=True))
+
+    @classmethod
+    def _build(cls, d: Mapping[str, Any]) -> "FSRFConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -303,23 +463,13 @@ class FSRFConfig:
         return cls(**dict(d))
 
     @classmethod
-    def from_saved(cls, d: Mapping[str, Any]) -> "FSRFConfig":
-        """Like :meth:`from_dict`, for a config saved with a model: a field of
-        :data:`FIRST_RECONSTRUCTION` that the saved dict lacks was written before its default
-        changed, so it takes its first value and an old checkpoint behaves as it was trained."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"config must be a mapping; got {type(d).__name__}")
-        return cls.from_dict({**{k: v for k, v in FIRST_RECONSTRUCTION.items() if k not in d}, **d})
-
-    @classmethod
     def first_reconstruction(cls, **changes: Any) -> "FSRFConfig":
-        """The method as first reconstructed, before the study of docs/FSRF_METHOD.md §7
-        (:data:`FIRST_RECONSTRUCTION`), with ``changes`` applied."""
+        """The method as first reconstructed (:data:`FIRST_RECONSTRUCTION`), with ``changes``."""
         return cls(**{**FIRST_RECONSTRUCTION, **changes})
 
     @classmethod
     def from_json(cls, path: str) -> "FSRFConfig":
-        """Read a JSON file written by :meth:`to_json` (or by hand)."""
+        """Read a JSON file written by :meth:`to_json` (or by hand; grouped or flat)."""
         with open(path, encoding="utf-8") as fh:
             try:
                 data = json.load(fh)
@@ -327,6 +477,35 @@ class FSRFConfig:
                 raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
+    def to_json(self, path: str) -> None:
+        """Write the grouped form atomically (:func:`fsrf.runtime.io.atomic_write_text`)."""
+        from fsrf.runtime.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(grouped=True), indent=2) + "\n")
+
     def replace(self, **changes: Any) -> "FSRFConfig":
-        """A copy with ``changes`` applied (validated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (validated; version-1 pooling keywords work too)."""
+        return type(self)(**{**dataclasses.asdict(self), **changes})
+
+
+def _accept_version_1_keywords(init: Callable[..., None]) -> Callable[..., None]:
+    # A wrapper, not InitVars: dataclasses.replace reads InitVars back from the instance, which
+    # would feed the derived pooling properties in again over a new ``pooling``.
+    @functools.wraps(init)
+    def __init__(self, *args: Any, config_version: Any = None, pool_norm: Any = None, pool_shrink: Any = None,
+                 private_pool: Any = None, extra: Any = None, **kwargs: Any) -> None:
+        if config_version is not None and config_version != CONFIG_VERSION:
+            raise ValueError(f"FSRFConfig(config_version={config_version!r}): the constructor takes version "
+                             f"{CONFIG_VERSION}; read older dicts with FSRFConfig.from_saved")
+        legacy = {k: v for k, v in zip(_LEGACY_POOLING, (pool_norm, pool_shrink, private_pool)) if v is not None}
+        if legacy or extra is not None:
+            kwargs.update(_v1_to_v2({"pooling": kwargs.get("pooling", FSRFConfig.pooling), **legacy, "extra": extra},
+                                    fill_absent=False))
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+FSRFConfig.__init__ = _accept_version_1_keywords(FSRFConfig.__init__)  # type: ignore[method-assign]
+for _group in GROUPS:
+    setattr(FSRFConfig, _group, _group_property(_group))

@@ -51,7 +51,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from fsrf.runtime.checks import check_generator
+from fsrf.runtime.checks import check_generator, check_modality_batch
 
 __all__ = ["MODALITY_LETTERS", "PATTERNS", "ALL_PATTERNS", "COMPLETE", "UNK_ID", "CLS_ID", "SEP_ID",
            "DEFAULT_EVAL_SEED", "pattern_modalities", "drop_frames", "remove_modalities", "lnln_rates",
@@ -402,40 +402,10 @@ def corrupt(inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor
     No host synchronisation with ``generator=None`` or a generator on the inputs' device; works
     under ``torch.compile`` with ``generator=None`` (validation is shape/dtype only).
     """
-    if not isinstance(inputs, Mapping) or not inputs:
-        raise ValueError("inputs must be a non-empty dict {modality: (B, T, D) tensor}")
+    # shapes, dtypes and devices only: no host sync, and nothing data-dependent under compile
+    B, dev = check_modality_batch(inputs, masks, masks_complete=True, finite=False, allow_empty=True)
     names = list(inputs)
-    x0 = inputs[names[0]]
-    for m in names:
-        x = inputs[m]
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"inputs[{m!r}] must be a torch.Tensor; got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(f"inputs[{m!r}] must have shape (B, T, D); got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"inputs[{m!r}] must be a floating-point tensor; got {x.dtype}")
-        if x.shape[0] != x0.shape[0]:
-            raise ValueError(f"inputs[{m!r}] has batch size {x.shape[0]} but inputs[{names[0]!r}] has {x0.shape[0]}")
-        if x.device != x0.device:
-            raise ValueError(f"inputs[{m!r}] is on {x.device} but inputs[{names[0]!r}] is on {x0.device}")
-    dev, B, M = x0.device, x0.shape[0], len(names)
-    if masks is not None:
-        if not isinstance(masks, Mapping):
-            raise TypeError(f"masks must be a dict {{modality: (B, T) bool tensor}} or None; got {type(masks).__name__}")
-        extra = set(masks) - set(names)
-        if extra or set(masks) != set(names):
-            raise ValueError(f"masks must have the same modalities as inputs ({names}); got {sorted(masks)}")
-        for m in names:
-            k = masks[m]
-            if k is None:
-                continue
-            if not isinstance(k, torch.Tensor) or k.dtype != torch.bool:
-                raise TypeError(f"masks[{m!r}] must be a bool tensor (True = observed); got "
-                                f"{k.dtype if isinstance(k, torch.Tensor) else type(k).__name__}")
-            if tuple(k.shape) != tuple(inputs[m].shape[:2]):
-                raise ValueError(f"masks[{m!r}] must have shape {tuple(inputs[m].shape[:2])}; got {tuple(k.shape)}")
-            if k.device != dev:
-                raise ValueError(f"masks[{m!r}] is on {k.device} but the inputs are on {dev}")
+    M = len(names)
     ip = _check_rate_scalar(inter_prob, "inter_prob")
     if rate is None:
         fixed = None

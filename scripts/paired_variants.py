@@ -1,5 +1,5 @@
 """A variant of a model against the model as it is, paired over data draws: the tables of the
-rounds of docs/FSRF_METHOD.md §7.
+rounds of docs/research-log/.
 
     python scripts/paired_variants.py OUT BASE_ROOT VARIANT_ROOT [--label TEXT]
 
@@ -23,7 +23,7 @@ from fsrf.runtime.io import atomic_write_text
 from fsrf.training.comparison import format_comparison, merge_replicates, paired_tests, summarise
 from fsrf.training.results import write_results
 
-#: group columns of the §7 tables, and whether higher is better per metric
+#: group columns of the research log's tables, and whether higher is better per metric
 COLUMNS = (("intra r>=0.5", "r ≥ 0.5"), ("inter (7 patterns)", "7 patterns"), ("intra r<0.5", "r < 0.5"))
 METRICS = (("MAE", "MAE", False), ("Has0_F1_score", "Has0_F1", True), ("Non0_F1_score", "Non0_F1", True))
 
@@ -52,7 +52,7 @@ def join(base: dict, variant: dict, label: str) -> dict:
 
 
 def before_after(joined: dict, label: str) -> str:
-    """The §7 table of the reference model before → after (the variant of the same name)."""
+    """The research-log table of the reference model before → after (the variant of the same name)."""
     ref = joined["meta"]["reference"]
     var = f"{ref} ({label})"
     summ = joined["summary"]

@@ -1,5 +1,5 @@
 """The regime matrix that FSRF's defaults are decided on (issue 29; the rule is in
-docs/research/regime-matrix.md, committed before any run of the matrix).
+docs/research-log/14-regime-matrix.md, committed before any run of the matrix).
 
     python scripts/regime_matrix.py OUT [--cells all|NAME,...] [--draws 5] [--scale 1.0]
         [--models fsrf,fsrf-no-aux,mult,late-fusion-md] [--variant NAME=JSON ...] [--device cpu] [--tiny]

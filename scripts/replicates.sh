@@ -4,7 +4,7 @@
 # data seed 0), so the spread over replicates holds the sampling of the data as well as of the
 # training; then merges the replicates into OUT/<generator>/ (scripts/merge_replicates.py).
 # Usage: scripts/replicates.sh [OUT] (default replicates/); DATA_SEEDS (default "1 2 3 4 5 21 22 23 24 25":
-# data seeds 6-20 and 26-55 chose, confirmed or rejected FSRF variants in docs/FSRF_METHOD.md §7, so they are left out;
+# data seeds 6-20 and 26-55 chose, confirmed or rejected FSRF variants in docs/research-log/, so they are left out;
 # 56-65 hold the comparison with the eleventh round's defaults, docs/results/fresh2),
 # GENERATORS, N_TRAIN and MODELS (default all but fsrf-first) as in study.sh; CONFIG, an FSRFConfig
 # JSON file for the FSRF models (fsrf compare --config); COMPARE_ARGS, further fsrf compare options

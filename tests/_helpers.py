@@ -248,3 +248,15 @@ def write_tiny_mmsa(path, *, n=(40, 16, 16), seed=3, dims=None, lens=None):
     make_synthetic("mosei", path, n_train=n[0], n_valid=n[1], n_test=n[2], seed=seed, dims=dims or TINY_DIMS,
                    seq_lens=lens or TINY_LENS)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# configs as version 1 wrote them
+# --------------------------------------------------------------------------------------------
+
+def version_1_dict(config) -> dict:
+    """``config`` as ``FSRFConfig.to_dict`` wrote it before config versions (version 1): flat, no
+    ``config_version``, the three pooling switches instead of ``pooling``, and an empty ``extra``."""
+    d = {k: v for k, v in config.to_dict().items() if k not in ("config_version", "pooling")}
+    d.update(pool_norm=config.pool_norm, pool_shrink=config.pool_shrink, private_pool=config.private_pool, extra={})
+    return d

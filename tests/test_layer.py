@@ -332,9 +332,9 @@ def test_forward_errors():
         layer({**inputs, "audio": torch.randn(5, 4, 3)})
     with pytest.raises(ValueError, match=r"masks\['text'\] must have shape \(4, 3\)"):
         layer(inputs, {**masks, "text": torch.ones(4, 5, dtype=torch.bool)})
-    with pytest.raises(TypeError, match=r"masks\['text'\] must have dtype torch.bool"):
+    with pytest.raises(TypeError, match=r"masks\['text'\] must be a bool tensor \(dtype torch.bool"):
         layer(inputs, {**masks, "text": masks["text"].float()})
-    with pytest.raises(TypeError, match=r"inputs\['text'\] must be floating"):
+    with pytest.raises(TypeError, match=r"inputs\['text'\] must be a floating-point tensor"):
         layer({**inputs, "text": torch.ones(4, 3, 4, dtype=torch.long)})
     bad = inputs["text"].clone()
     bad[0, 0, 0] = float("nan")
@@ -345,5 +345,5 @@ def test_forward_errors():
         layer({**inputs, "text": bad})
     with pytest.raises(ValueError, match=r"must have shape \(B, T, 4\)"):
         layer({**inputs, "text": torch.randn(4, 4)})
-    with pytest.raises(TypeError, match="inputs must be a dict"):
+    with pytest.raises(TypeError, match="inputs must be a non-empty dict"):
         layer([inputs["text"]])

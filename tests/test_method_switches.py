@@ -12,8 +12,12 @@ import pytest
 import torch
 
 import fsrf.missing
+from _helpers import version_1_dict
 from fsrf import FSRFConfig, FSRFLayer, FSRFModel
 from fsrf.config import FIRST_RECONSTRUCTION
+
+# the first reconstruction's fields as version 1 named them (pooling was three switches)
+V1_FIRST = {*FIRST_RECONSTRUCTION, "pool_norm", "pool_shrink", "private_pool"} - {"pooling"}
 from fsrf.models import rebuild_model
 
 DIMS = {"text": 6, "audio": 5, "vision": 4}
@@ -43,7 +47,7 @@ def test_first_reconstruction_restores_the_first_values_and_nothing_else():
 
 
 def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
-    saved = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k not in FIRST_RECONSTRUCTION}
+    saved = {k: v for k, v in version_1_dict(FSRFConfig(d_model=16)).items() if k not in V1_FIRST}
     cfg = FSRFConfig.from_saved({**saved, "modality_dropout": 0.1})
     assert cfg.modality_dropout == 0.1  # what the file says wins
     assert cfg.aux_warmup_steps == 0 and cfg.recovery_loss == "view" and not cfg.fusion_availability
@@ -67,7 +71,7 @@ def test_an_old_checkpoint_loads_and_behaves_as_trained():
     torch.manual_seed(0)
     old = FSRFModel(DIMS, FSRFConfig.first_reconstruction(**SMALL)).eval()
     state = {k: v for k, v in old.state_dict().items() if k != "steps"}  # written before the counter
-    saved = {k: v for k, v in old.config.to_dict().items() if k not in FIRST_RECONSTRUCTION}
+    saved = {k: v for k, v in version_1_dict(old.config).items() if k not in V1_FIRST}
     model = rebuild_model("fsrf", DIMS, saved)
     model.load_state_dict(state)
     inputs, masks, _ = _batch()
@@ -227,7 +231,7 @@ def test_pool_shrink_shrinks_the_masked_mean_by_its_evidence_and_keeps_missing_m
 def test_the_two_poolings_exclude_each_other_and_a_config_saved_before_the_switch_keeps_the_layer_norm():
     with pytest.raises(ValueError, match="pool_shrink=True needs pool_norm=False"):
         FSRFConfig(pool_shrink=True)
-    saved = {k: v for k, v in FSRFConfig().to_dict().items() if k != "pool_shrink"}
+    saved = {k: v for k, v in version_1_dict(FSRFConfig()).items() if k != "pool_shrink"}
     cfg = FSRFConfig.from_saved(saved)
     assert cfg.pool_norm and not cfg.pool_shrink
     layer = FSRFLayer(DIMS, config=cfg.replace(**SMALL))
@@ -302,7 +306,7 @@ def test_private_pool_wiener_feeds_the_private_encoders_the_per_feature_posterio
 
 
 def test_an_old_config_reads_private_pool_as_same_and_pool_shrink_makes_it_moot():
-    saved = {k: v for k, v in FSRFConfig().to_dict().items() if k != "private_pool"}
+    saved = {k: v for k, v in version_1_dict(FSRFConfig()).items() if k != "private_pool"}
     cfg = FSRFConfig.from_saved(saved)
     assert cfg.private_pool == "same"
     assert not hasattr(FSRFLayer(DIMS, config=cfg.replace(**SMALL)), "pool_private")

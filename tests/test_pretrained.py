@@ -1,10 +1,13 @@
-"""Model folders: save_pretrained / from_pretrained (config.json + model.safetensors) and `fsrf export`."""
+"""Model folders: save_pretrained / from_pretrained (config.json + model.safetensors + model card), the
+Hugging Face Hub (push_to_hub, from_pretrained("user/repo"), offline) and `fsrf export`."""
 
 import json
 import os
 import pickle
 import shutil
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +28,9 @@ from fsrf.models.pretrained import (
     WEIGHTS_NAME,
     read_pretrained_config,
 )
+
+CARD_NAME = "README.md"
+FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_v1"
 
 DIMS = {"text": 12, "audio": 5, "vision": 4}
 KINDS = {
@@ -69,8 +75,8 @@ def test_round_trip_gives_identical_state_and_predictions(kind, tmp_path, umask)
     cls, kwargs = KINDS[kind]
     model = _model(kind)
     out = model.save_pretrained(tmp_path / "m")
-    assert out == tmp_path / "m" and sorted(os.listdir(out)) == [CONFIG_NAME, WEIGHTS_NAME]
-    for name in (CONFIG_NAME, WEIGHTS_NAME):  # like open(path, "w"): 0o666 & ~umask
+    assert out == tmp_path / "m" and sorted(os.listdir(out)) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]
+    for name in (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME):  # like open(path, "w"): 0o666 & ~umask
         assert os.stat(out / name).st_mode & 0o777 == 0o666 & ~umask, name
 
     cfg = json.loads((out / CONFIG_NAME).read_text())
@@ -123,6 +129,38 @@ def test_shared_encoder_of_fsrf_is_one_module_not_aliased_tensors():
     assert len(set(ptrs)) == len(ptrs)
 
 
+# ------------------------------------------------------------------------------------ old folders
+def _recorded():
+    from safetensors.torch import load_file
+
+    saved = load_file(str(FIXTURES / "expected.safetensors"))
+    inputs = {k.split(".", 1)[1]: v for k, v in saved.items() if k.startswith("input.")}
+    masks = {k.split(".", 1)[1]: v for k, v in saved.items() if k.startswith("mask.")}
+    return inputs, masks, saved
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_folders_written_before_the_hub_mixin_load_as_trained(kind, tmp_path):
+    # tests/fixtures/record_pretrained_v1.py wrote these with the hand-written save_pretrained of
+    # commit bc83079, and the outputs of each model on a fixed batch
+    from safetensors.torch import load_file
+
+    folder = FIXTURES / kind
+    assert sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME] and _config(folder)["format"] == FORMAT
+    inputs, masks, saved = _recorded()
+    weights = load_file(str(folder / WEIGHTS_NAME))
+    cls = KINDS[kind][0]
+    for model in (cls.from_pretrained(folder), from_pretrained(folder), from_pretrained(str(folder))):
+        assert type(model) is cls and not model.training
+        state = model.state_dict()
+        assert sorted(state) == sorted(weights) and all(torch.equal(state[k], weights[k]) for k in weights)
+        with torch.no_grad():
+            torch.testing.assert_close(model(inputs, masks), saved[f"output.{kind}"], rtol=1e-5, atol=1e-6)
+    assert sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME]  # loading writes nothing
+    model.save_pretrained(tmp_path)  # and saves again as a folder of today
+    _same_state(model, cls.from_pretrained(tmp_path))
+
+
 # ------------------------------------------------------------------------------ wrong kind / class
 def test_class_method_refuses_a_folder_of_another_kind(tmp_path):
     _model("late_fusion").save_pretrained(tmp_path / "lf")
@@ -145,9 +183,15 @@ def test_subclasses_are_not_saved_as_their_base_kind(tmp_path):
         Mine.from_pretrained(tmp_path)
 
 
-def test_a_configuration_that_is_not_plain_json_is_refused_before_writing(tmp_path):
-    model = FSRFModel(DIMS, FSRFConfig(d_model=16, num_heads=2, extra={"steps": (1, 2)}))
-    with pytest.raises(ValueError, match="does not survive a JSON round trip"):
+@pytest.mark.parametrize("value, match", [((12,), "does not survive a JSON round trip"),
+                                          (float("nan"), "must hold JSON values only"),
+                                          (torch.tensor(12), "must hold JSON values only")])
+def test_a_configuration_that_is_not_plain_json_is_refused_before_writing(value, match, tmp_path):
+    # the constructors refuse such values; the check stands behind them (and behind a registered
+    # kind whose arguments they do not all validate)
+    model = _model("late_fusion")
+    model._fsrf_init_args["hidden"] = value
+    with pytest.raises(ValueError, match=match):
         model.save_pretrained(tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
@@ -302,6 +346,140 @@ def test_missing_folder_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no model.safetensors in {tmp_path}"):
         from_pretrained(tmp_path)
     assert read_pretrained_config(tmp_path)["model_kind"] == "late_fusion"  # the config alone still reads
+
+
+# ------------------------------------------------------------------------------ Hugging Face Hub
+# every test here runs offline: the Hub's client is replaced where it would reach the network
+@pytest.fixture
+def offline(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the env is read at import
+
+
+def _forbidden(*a, **k):
+    raise AssertionError("must not be called")
+
+
+def _hub_cache(cache, repo_id, folder, commit="a" * 40):
+    """``folder`` as the Hugging Face cache holds a repo downloaded at ``commit`` (its ``main``)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_push_to_hub_uploads_a_folder_that_loads(offline, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        calls["upload_folder"] = (repo_id, kwargs)
+        shutil.copytree(folder_path, tmp_path / "uploaded")
+        return f"https://huggingface.co/{repo_id}/commit/{'c' * 40}"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model = _model("mult")
+    url = model.push_to_hub("someone/fsrf-mult", private=True, commit_message="first")
+    assert url == f"https://huggingface.co/someone/fsrf-mult/commit/{'c' * 40}"
+    assert calls["create_repo"] == ("someone/fsrf-mult", {"private": True, "exist_ok": True})
+    assert calls["upload_folder"][0] == "someone/fsrf-mult" and calls["upload_folder"][1]["commit_message"] == "first"
+
+    up = tmp_path / "uploaded"
+    assert sorted(os.listdir(up)) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]
+    card = huggingface_hub.ModelCard.load(up / CARD_NAME)
+    assert card.data.library_name == "fsrf" and card.data.license == "mit" and "fsrf" in card.data.tags
+    assert "# MulT" in card.text and "from_pretrained(" in card.text
+    loaded = MulT.from_pretrained(up)
+    _same_state(model, loaded)
+    inputs, masks = _batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs, masks), model(inputs, masks))
+    with pytest.raises(TypeError, match="config= is not accepted"):  # config.json is the model's own
+        model.push_to_hub("someone/fsrf-mult", config={"d_model": 3})
+
+
+def test_a_repo_id_loads_from_the_hub_cache_offline(offline, tmp_path):
+    model = _model("late_fusion")
+    model.save_pretrained(tmp_path / "m")
+    cache = tmp_path / "cache"
+    _hub_cache(cache, "someone/lf", tmp_path / "m")
+    for loaded in (LateFusion.from_pretrained("someone/lf", cache_dir=cache),
+                   from_pretrained("someone/lf", cache_dir=cache, revision="main", local_files_only=True)):
+        assert type(loaded) is LateFusion and not loaded.training
+        _same_state(model, loaded)
+    assert read_pretrained_config("someone/lf", cache_dir=cache)["model_kind"] == "late_fusion"
+    with pytest.raises(ValueError, match=r"someone/lf holds a 'late_fusion' model \(LateFusion\); "
+                                         r"FSRFModel.from_pretrained loads 'fsrf' models only"):
+        FSRFModel.from_pretrained("someone/lf", cache_dir=cache)
+
+
+def test_hub_weights_come_from_the_commit_of_the_checked_config(offline, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    _model("fsrf").save_pretrained(tmp_path / "m")
+    commit = "b" * 40
+    snapshot = _hub_cache(tmp_path / "cache", "someone/fsrf", tmp_path / "m", commit=commit)
+    calls = []
+
+    def download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs.get("revision"), kwargs.get("token")))
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert type(FSRFModel.from_pretrained("someone/fsrf", revision="v1", token="hf_x")) is FSRFModel
+    assert calls == [("someone/fsrf", CONFIG_NAME, "v1", "hf_x"), ("someone/fsrf", WEIGHTS_NAME, commit, "hf_x")]
+
+    calls.clear()  # a repo of another kind, or of another library: its weights are never downloaded
+    with pytest.raises(ValueError, match="holds a 'fsrf' model"):
+        MulT.from_pretrained("someone/fsrf")
+    (snapshot / CONFIG_NAME).write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
+    with pytest.raises(ValueError, match=r"has no 'format' field \(not written by fsrf\)"):
+        from_pretrained("someone/fsrf")
+    assert [c[1] for c in calls] == [CONFIG_NAME, CONFIG_NAME]
+
+
+def test_a_repo_that_cannot_be_had_is_one_clear_error(offline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'someone/nothing' is no folder here, and config.json of the Hub "
+                                                r"model repo 'someone/nothing' cannot be had: ") as err:
+        from_pretrained("someone/nothing", cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value)
+
+
+def test_paths_and_existing_folders_are_never_repo_ids(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _forbidden)
+    monkeypatch.chdir(tmp_path)
+    _model("late_fusion").save_pretrained(tmp_path / "models" / "lf")
+    assert type(from_pretrained("models/lf")) is LateFusion  # exists here: a folder
+    for name in ("nope", Path("someone/nope"), "./someone/nope", "a/b/c"):  # no namespace, a Path, not a repo id
+        with pytest.raises(FileNotFoundError, match=f"pretrained folder {Path(name)} does not exist"):
+            from_pretrained(name)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*revison.*the Hub options are revision"):
+        from_pretrained("models/lf", revison="main")
+
+
+def test_the_mixin_hooks_are_the_checked_path(tmp_path, monkeypatch):
+    model = _model("late_fusion")
+    model._save_pretrained(tmp_path)  # huggingface_hub's hook writes fsrf's folder
+    assert read_pretrained_config(tmp_path)["model_kind"] == "late_fusion"
+    # no pickle fallback (PyTorchModelHubMixin's own _from_pretrained reads pytorch_model.bin)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    os.unlink(tmp_path / WEIGHTS_NAME)
+    monkeypatch.setattr(torch, "load", _forbidden)
+    with pytest.raises(FileNotFoundError, match=f"no model.safetensors in {tmp_path}"):
+        LateFusion._from_pretrained(model_id=str(tmp_path), revision=None, cache_dir=None, force_download=False,
+                                    local_files_only=False, token=None)
 
 
 # ------------------------------------------------------------------------------------ fsrf export

@@ -1,4 +1,4 @@
-"""The analysis scripts behind docs/FSRF_METHOD.md §7: scripts/paired_variants.py (a round's
+"""The analysis scripts behind docs/research-log/: scripts/paired_variants.py (a round's
 before → after table, paired over data draws) and scripts/criterion_null.py (how often issue 10's
 acceptance rule fails a model equal to its competitors). Checked against independent arithmetic
 (numpy, scipy) on hand-made results."""

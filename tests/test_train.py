@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fsrf
+from _helpers import version_1_dict
 from fsrf import FSRFConfig, cli
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.data import load_mmsa, make_synthetic
@@ -104,9 +105,10 @@ def test_a_run_of_an_older_fsrf_resumes_when_its_config_is_the_one_asked_for(tin
     fit(data, tmp_path, config=old, settings=settings(epochs=1), seed=4, log=None)
     # as an fsrf from before the two fields would have saved it
     ck = load_checkpoint(tmp_path / "last.pt")
-    ck["model_config"] = {k: v for k, v in ck["model_config"].items() if k not in ("pool_norm", "shared_pool")}
+    v1 = version_1_dict(FSRFConfig.from_saved(ck["model_config"]))
+    ck["model_config"] = {k: v for k, v in v1.items() if k not in ("pool_norm", "shared_pool")}
     save_checkpoint(ck, tmp_path / "last.pt")
-    assert {"pool_norm", "shared_pool"} <= set(FIRST_RECONSTRUCTION)
+    assert old.pool_norm is False and {"pooling", "shared_pool"} <= set(FIRST_RECONSTRUCTION)
     with pytest.raises(ValueError, match="another seed or model config"):
         fit(data, tmp_path, config=CFG, settings=settings(epochs=2), seed=4, resume=True, log=None)
     res = fit(data, tmp_path, config=old, settings=settings(epochs=2), seed=4, resume=True, log=None)
@@ -194,7 +196,7 @@ def test_compiled_step_checks_the_batch_for_nan(tiny_data, tmp_path, monkeypatch
     from fsrf.training import trainer
 
     bad = {"text": torch.zeros(2, 3, 4), "audio": torch.full((2, 3, 2), float("-inf"))}
-    with pytest.raises(ValueError, match=r"NaN or Inf in \['audio'\]"):
+    with pytest.raises(ValueError, match=r"inputs\['audio'\] contains NaN or Inf"):
         trainer._check_batch_finite(bad, torch.zeros(2))
     fsrf.set_check_finite(False)
     try:
@@ -202,7 +204,7 @@ def test_compiled_step_checks_the_batch_for_nan(tiny_data, tmp_path, monkeypatch
     finally:
         fsrf.set_check_finite(True)
     seen = []
-    monkeypatch.setattr(trainer, "_check_batch_finite", lambda inputs, labels: seen.append(len(labels)))
+    monkeypatch.setattr(trainer, "_check_batch_finite", lambda inputs, labels, masks: seen.append(len(labels)))
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the plumbing only
     fit(load_mmsa(tiny_data), tmp_path, config=CFG, settings=settings(compile=True, epochs=1), seed=7, log=None)
     assert seen == [16, 16, 8]

@@ -15,7 +15,7 @@ __all__ = ["add_parser", "MODEL_KEYS", "SPLITS"]
 SPLITS = ("test", "valid")
 
 #: ``--models`` keys -> the display names of :func:`fsrf.training.default_specs`, in its order
-#: (``all`` is every one but ``fsrf-first``, the method before docs/FSRF_METHOD.md §7).
+#: (``all`` is every one but ``fsrf-first``, the method before the rounds of docs/research-log/).
 MODEL_KEYS = {
     "fsrf": "FSRF", "fsrf-first": "FSRF (first reconstruction)", "fsrf-no-dhf": "FSRF w/o DHF", "fsrf-no-das": "FSRF w/o DAS",
     "fsrf-no-recovery": "FSRF w/o recovery", "fsrf-no-aux": "FSRF w/o aux terms",

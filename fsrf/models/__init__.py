@@ -98,6 +98,12 @@ class ModelSpec:
             raise ValueError(f"ModelSpec {self.name!r}: kind must be one of {sorted(MODEL_KINDS)}; got {self.kind!r}")
         if self.build is not None and not callable(self.build):
             raise TypeError(f"ModelSpec {self.name!r}: build must be callable; got {type(self.build).__name__}")
+        if self.kind == "fsrf":
+            # every field and the config version, so that what a run stores rebuilds the model it
+            # trained whatever the defaults of a later fsrf are
+            from fsrf.config import FSRFConfig
+
+            object.__setattr__(self, "kwargs", FSRFConfig.from_dict(self.kwargs).to_dict())
 
     def instantiate(self, modality_dims: Mapping[str, int]) -> nn.Module:
         """A fresh model for ``modality_dims``."""

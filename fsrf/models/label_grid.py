@@ -6,7 +6,7 @@ median, and the median of a grid-valued label is itself a grid point: it stays a
 range of evidence, so a model that fits it well has no reason to order the samples inside that
 range, and the sign of its predictions there (what Acc-2 / F1 score) is left to chance. Adding
 ``U(-h, h)`` noise with ``h`` half the grid step turns the label into a variable with a density, whose
-median moves strictly with the evidence (docs/FSRF_METHOD.md §7, eighth round).
+median moves strictly with the evidence (docs/research-log/08-dequantized-labels.md).
 """
 
 from __future__ import annotations

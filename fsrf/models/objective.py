@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from fsrf.models.label_grid import LabelDequantizer
 from fsrf.nn.layer import FSRFLayer, FSRFOutput
-from fsrf.runtime.checks import is_tracing
+from fsrf.runtime.checks import check_modality_batch, is_tracing
 
 __all__ = ["FSRFObjective", "TASKS"]
 
@@ -153,11 +153,15 @@ class FSRFObjective(nn.Module):
             return inputs, masks
         got = self.encoder(inputs, masks)
         if isinstance(got, Mapping):
-            return dict(got), masks
-        if isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], Mapping):
-            return dict(got[0]), (None if got[1] is None else dict(got[1]))
-        raise TypeError(f"encoder must return {{name: (B, T, D) tensor}} or a pair (features, masks); "
-                        f"got {type(got).__name__}")
+            feats, masks = dict(got), masks
+        elif isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], Mapping):
+            feats, masks = dict(got[0]), (None if got[1] is None else dict(got[1]))
+        else:
+            raise TypeError(f"encoder must return {{name: (B, T, D) tensor}} or a pair (features, masks); "
+                            f"got {type(got).__name__}")
+        # named as the encoder's, so a user's bug is not reported as a bad input of theirs
+        check_modality_batch(feats, masks, dims=self.layer.modality_dims, name="encoder output", finite=False)
+        return feats, masks
 
     def _prediction(self, y: Tensor, batch: int) -> Tensor:
         if not isinstance(y, torch.Tensor):
@@ -269,7 +273,8 @@ class FSRFObjective(nn.Module):
             self.steps.add_(1)
         else:
             scale = self.aux_scale()
-        total = parts["task_a"] + parts["task_b"] + scale * cfg.weighted_aux(parts, zero=zero)
+        cap = cfg.aux_balance * parts["task_a"].detach() if cfg.aux_balance > 0 else None
+        total = parts["task_a"] + parts["task_b"] + scale * cfg.weighted_aux(parts, zero=zero, cap=cap)
         parts["aux_scale"] = scale
         parts = {k: v.detach() for k, v in parts.items()}
         parts["total"] = total.detach()

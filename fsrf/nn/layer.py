@@ -16,8 +16,7 @@ from fsrf import ops
 from fsrf.config import FSRFConfig
 from fsrf.nn.attention import MaskedCrossModalAttention
 from fsrf.nn.pooling import ShrinkagePool, WienerPool, _masked_mean
-from fsrf.runtime.backend import check_finite_enabled
-from fsrf.runtime.checks import is_tracing
+from fsrf.runtime.checks import check_modality_batch
 from fsrf.runtime.distributed import gather_rows, global_batch_active
 
 __all__ = ["FSRFLayer", "FSRFOutput"]
@@ -58,16 +57,17 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 
 class _Projection(nn.Module):
-    """u_m = LayerNorm(Conv1d_k(x_m)) (a Linear when k = 1), §1.1."""
+    """u_m = LayerNorm(Conv1d_k(x_m)) (a Linear when k = 1), §1.1; without the LayerNorm when
+    ``norm`` is False (``FSRFConfig.proj_norm``)."""
 
-    def __init__(self, d_in: int, d_model: int, kernel: int) -> None:
+    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = True) -> None:
         super().__init__()
         self.kernel = kernel
         if kernel == 1:
             self.proj = nn.Linear(d_in, d_model)
         else:
             self.proj = nn.Conv1d(d_in, d_model, kernel, padding=kernel // 2)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kernel == 1:
@@ -144,7 +144,7 @@ class FSRFLayer(nn.Module):
         # with pool_shrink every encoder reads the shrunk mean already
         self._private_shrink = cfg.dhf and cfg.private_pool != "same" and not cfg.pool_shrink
 
-        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m)) for m, D in modality_dims.items()})
+        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m), cfg.proj_norm) for m, D in modality_dims.items()})
         attn_backend = self.op_backend("masked_cross_attention")
         if cfg.encoder_layers == 0:
             self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
@@ -207,67 +207,9 @@ class FSRFLayer(nn.Module):
 
     # -- input handling ---------------------------------------------------------------------
     def _check_inputs(self, inputs, masks) -> tuple[int, torch.device]:
-        if not isinstance(inputs, Mapping):
-            raise TypeError(f"inputs must be a dict {{name: (B, T, D) tensor}}; got {type(inputs).__name__}")
-        if masks is not None and not isinstance(masks, Mapping):
-            raise TypeError(f"masks must be a dict {{name: bool (B, T) tensor}} or None; got {type(masks).__name__}")
-        unknown = [k for k in inputs if k not in self.modality_dims]
-        if unknown:
-            raise ValueError(f"unknown modality {unknown[0]!r} in inputs; this layer has {list(self.modalities)}")
-        if masks is not None:
-            unknown = [k for k in masks if k not in self.modality_dims]
-            if unknown:
-                raise ValueError(f"unknown modality {unknown[0]!r} in masks; this layer has {list(self.modalities)}")
-            extra = [k for k in masks if k not in inputs]
-            if extra:
-                raise ValueError(f"masks[{extra[0]!r}] given but inputs has no {extra[0]!r}")
-        if not inputs:
-            raise ValueError(f"inputs is empty; give at least one of {list(self.modalities)}")
+        batch, device = check_modality_batch(inputs, masks, dims=self.modality_dims)
         param_dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
-        batch, device, ref = None, None, None
-        for name, x in inputs.items():
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"inputs[{name!r}] must be a torch.Tensor; got {type(x).__name__}")
-            if not x.is_floating_point():
-                raise TypeError(f"inputs[{name!r}] must be floating point; got dtype {x.dtype}")
-            if x.dim() != 3:
-                raise ValueError(f"inputs[{name!r}] must have shape (B, T, {self.modality_dims[name]}); "
-                                 f"got {tuple(x.shape)}")
-            if x.shape[2] != self.modality_dims[name]:
-                raise ValueError(f"inputs[{name!r}] must have feature dim {self.modality_dims[name]}; "
-                                 f"got shape {tuple(x.shape)}")
-            if x.shape[1] < 1:
-                raise ValueError(f"inputs[{name!r}] has no frames (shape {tuple(x.shape)}); drop it from inputs "
-                                 f"to mark the modality missing")
-            if batch is None:
-                batch, device, ref = x.shape[0], x.device, name
-            elif x.shape[0] != batch:
-                raise ValueError(f"batch sizes disagree: inputs[{ref!r}] has B={batch} but inputs[{name!r}] "
-                                 f"has B={x.shape[0]}")
-            elif x.device != device:
-                raise ValueError(f"inputs[{name!r}] is on {x.device} but inputs[{ref!r}] is on {device}")
-            elif x.dtype != inputs[ref].dtype:
-                raise TypeError(f"inputs[{name!r}] has dtype {x.dtype} but inputs[{ref!r}] has dtype "
-                                f"{inputs[ref].dtype}; give every modality in one dtype "
-                                f"(e.g. x.to({inputs[ref].dtype}))")
-            if masks is not None and name in masks:
-                mk = masks[name]
-                if not isinstance(mk, torch.Tensor):
-                    raise TypeError(f"masks[{name!r}] must be a bool torch.Tensor; got {type(mk).__name__}")
-                if mk.dtype != torch.bool:
-                    raise TypeError(f"masks[{name!r}] must have dtype torch.bool (True = observed); got {mk.dtype}")
-                if tuple(mk.shape) != tuple(x.shape[:2]):
-                    raise ValueError(f"masks[{name!r}] must have shape {tuple(x.shape[:2])} to match inputs[{name!r}]; "
-                                     f"got {tuple(mk.shape)}")
-                if mk.device != device:
-                    raise ValueError(f"masks[{name!r}] is on {mk.device} but inputs are on {device}")
-            # same switch as the ops' input check (fsrf.set_check_finite / FSRF_CHECK_FINITE)
-            if check_finite_enabled() and not is_tracing() and not bool(torch.isfinite(x).all()):
-                raise ValueError(f"inputs[{name!r}] contains NaN or Inf; clean the features first "
-                                 f"(MMSA audio uses -inf padding: set it to 0)")
-        if batch == 0:
-            raise ValueError("inputs have batch size 0")
-        dtype = inputs[ref].dtype
+        dtype = next(iter(inputs.values())).dtype
         if param_dtype is not None and dtype != param_dtype:
             try:
                 autocast = torch.is_autocast_enabled(device.type)

@@ -5,6 +5,7 @@
 * :mod:`fsrf.training.averaging` — :class:`WeightAverage`, the moving average of the weights that
   training selects and saves (``TrainSettings.ema``);
 * :mod:`fsrf.training.checkpoint` — checkpoint files (``weights_only`` loading);
+* :mod:`fsrf.training.resume` — the checks of the checkpoints a resumed run starts from;
 * :mod:`fsrf.training.evaluation` — :func:`robust_eval` under every missingness condition,
   :func:`aggregate_seeds`, :func:`evaluate_checkpoints`;
 * :mod:`fsrf.training.results` — ``results.json`` / ``.csv`` / ``robustness.png`` and tables;

@@ -2,7 +2,7 @@
 
 At the study's size (25 steps an epoch) early stopping keeps an epoch 2–7, and the weights at the
 end of one epoch carry the noise of its last few Adam steps; the average over about the last epoch
-of steps has less of it (Polyak–Ruppert averaging). ``docs/FSRF_METHOD.md`` §7, tenth round, has the
+of steps has less of it (Polyak–Ruppert averaging). ``docs/research-log/10-weight-average.md`` has the
 evidence that made it the default of :class:`fsrf.training.TrainSettings`.
 
 The running estimates of the features' statistics that evaluation uses — the poolings' centre and

@@ -24,11 +24,13 @@ training resumes from ``last.pt``, so a rerun of the same command continues wher
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -77,7 +79,7 @@ def default_specs(d_model: int = 64, *, fsrf_config=None, mult_d_model: int = 32
     ``fsrf_config`` is the FSRFConfig of the full model (default: the method's defaults at
     ``d_model``); the ablations switch off ``dhf``, ``das`` or ``recovery`` of that config.
     ``first_reconstruction=True`` adds :data:`FIRST_NAME`, that config with the values of
-    :data:`fsrf.config.FIRST_RECONSTRUCTION` (the evidence for docs/FSRF_METHOD.md §7).
+    :data:`fsrf.config.FIRST_RECONSTRUCTION` (the "before" of docs/research-log/).
     ``term_ablations=True`` adds the two ablations that keep the architecture and the views and
     remove loss terms only: :data:`NO_AUX_NAME` (every auxiliary weight 0: the two task losses
     alone) and :data:`NO_DAS_LOSSES_NAME` (view B and its task loss kept, the weights of
@@ -112,6 +114,20 @@ def _spec_record(spec: ModelSpec) -> dict[str, Any] | None:
         return None
     return json.loads(json.dumps({"kind": spec.kind, "kwargs": dict(spec.kwargs), "train": dict(spec.train)},
                                  default=str))
+
+
+def _same_record(stored: Mapping[str, Any], made: Mapping[str, Any]) -> bool:
+    """Whether a stored run record describes the model asked for: an FSRF config is compared as
+    the config it reads as (any saved version, :meth:`fsrf.FSRFConfig.from_saved`), so a run of an
+    earlier fsrf counts when it is the same model."""
+    if stored.get("kind") == made.get("kind") == "fsrf" and stored.get("train") == made.get("train"):
+        from fsrf.config import FSRFConfig
+
+        try:
+            return FSRFConfig.from_saved(stored.get("kwargs", {})) == FSRFConfig.from_saved(made["kwargs"])
+        except (TypeError, ValueError):
+            return False
+    return stored == made
 
 
 def _slug(name: str) -> str:
@@ -179,12 +195,55 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     reference against each model), ``auilc`` (:func:`fsrf.training.protocols.auilc_summary`) and
     ``meta``.
     """
-    import dataclasses
+    plan = _plan(data, specs, out_dir, seeds=seeds, dataset=dataset, settings=settings, rates=rates,
+                 patterns=patterns, mask_seed=mask_seed, reference=reference, split=split, device=device,
+                 progress=progress, log=log, legacy_f1=legacy_f1)
+    t_start = time.perf_counter()
+    per_model: dict[str, dict[str, Any]] = {s.name: {} for s in plan.specs}
+    timing: dict[str, dict[str, float]] = {s.name: {} for s in plan.specs}
+    jobs = list(itertools.product(plan.seeds, plan.specs))  # seed-major: every seed's models finish together
+    for k, (seed, spec) in enumerate(jobs, 1):
+        tag = f"[{k}/{len(jobs)}]"
+        run_dir = plan.out / _slug(spec.name) / f"seed_{seed}"
+        rec = _stored_run(plan, spec, run_dir)
+        if rec is not None:
+            plan.say(f"{tag} {spec.name}, seed {seed}: done before (results in {run_dir / eval_file(plan.split)})")
+        else:
+            rec = _train_and_evaluate(plan, spec, seed, run_dir, tag)
+        per_model[spec.name][str(seed)] = rec["results"]
+        timing[spec.name][str(seed)] = rec.get("seconds", float("nan"))
+    results = _statistics(plan, per_model, timing, t_start)
+    _write_tables(plan, results)
+    return results
 
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """The arguments of :func:`compare`, checked and with their defaults filled in."""
+
+    data: Any
+    specs: list[ModelSpec]
+    seeds: list[int]
+    settings: Any  # TrainSettings, device override applied
+    kind: str
+    reference: str
+    split: str
+    rates: tuple[float, ...]
+    patterns: tuple[str, ...]
+    mask_seed: int
+    protocol: dict[str, Any]
+    out: Path
+    say: Callable[[str], None]
+    progress: bool | None
+    legacy_f1: bool
+
+
+def _plan(data, specs, out_dir, *, seeds, dataset, settings, rates, patterns, mask_seed, reference, split, device,
+          progress, log, legacy_f1) -> _Plan:
+    """Check :func:`compare`'s arguments (before anything is written), then create ``out_dir``."""
     from fsrf.missing import ALL_PATTERNS
-    from fsrf.training.evaluation import DEFAULT_RATES, aggregate_seeds, robust_eval
-    from fsrf.training.trainer import TrainSettings, fit, load_weights
-    from fsrf.training.results import write_results
+    from fsrf.training.evaluation import DEFAULT_RATES
+    from fsrf.training.trainer import TrainSettings
 
     specs = _check_specs(specs)
     seeds = _check_seeds(list(seeds))
@@ -207,62 +266,82 @@ def compare(data, specs: Sequence[ModelSpec], out_dir, *, seeds: Sequence[int] =
     protocol = {"rates": list(rates), "patterns": list(patterns), "mask_seed": int(mask_seed), "split": split}
     if legacy_f1:  # only then, so that the runs evaluated before the option still count as done
         protocol["legacy_f1"] = True
-    t_start = time.perf_counter()
-    per_model: dict[str, dict[str, Any]] = {n: {} for n in names}
-    timing: dict[str, dict[str, float]] = {n: {} for n in names}
-    jobs = list(itertools.product(seeds, specs))  # seed-major: every seed's models finish together
-    for k, (seed, spec) in enumerate(jobs, 1):
-        run_dir = out / _slug(spec.name) / f"seed_{seed}"
-        done = run_dir / eval_file(split)
-        made = _spec_record(spec)
-        if done.is_file():
-            rec = json.loads(done.read_text(encoding="utf-8"))
-            # a folder of another model must not stand in for this one (files written before the
-            # record existed carry none and are taken as they are)
-            if rec.get("spec") is not None and made is not None and rec["spec"] != made:
-                raise ValueError(f"{done} holds results of another {spec.name!r} (stored {rec['spec']}, asked "
-                                 f"{made}); use a fresh --out folder, or delete {run_dir} to train it again")
-            if rec.get("protocol") == protocol:
-                per_model[spec.name][str(seed)] = rec["results"]
-                timing[spec.name][str(seed)] = rec.get("seconds", float("nan"))
-                say(f"[{k}/{len(jobs)}] {spec.name}, seed {seed}: done before (results in {done})")
-                continue
-        t0 = time.perf_counter()
-        run_settings = dataclasses.replace(settings, **dict(spec.train)) if spec.train else settings
-        verb = "resuming" if (run_dir / "last.pt").is_file() else "training"  # a finished run only reloads
-        say(f"[{k}/{len(jobs)}] {verb} {spec.name}, seed {seed} -> {run_dir}")
-        res = fit(data, run_dir, model=spec, settings=run_settings, seed=seed, dataset=kind, resume=True,
-                  log=None if progress is False else say)
-        model = load_weights(spec, data.dims, run_dir / "best.pt", device=run_settings.device)
-        ev = robust_eval(model, data.split(split), kind, rates=rates, patterns=patterns, seed=mask_seed,
-                         device=run_settings.device, progress=progress, legacy_f1=legacy_f1)
-        secs = time.perf_counter() - t0
-        atomic_write_text(done, json.dumps({"model": spec.name, "seed": seed, "protocol": protocol, "spec": made,
-                                            "results": ev,
-                                            "best_epoch": res["best_epoch"], "seconds": secs}, indent=2))
-        per_model[spec.name][str(seed)] = ev
-        timing[spec.name][str(seed)] = secs
-        say(f"[{k}/{len(jobs)}] {spec.name}, seed {seed}: best epoch {res['best_epoch'] + 1}, {secs:.0f}s")
+    return _Plan(data, specs, seeds, settings, kind, reference, split, rates, patterns, mask_seed, protocol, out,
+                 say, progress, legacy_f1)
 
+
+def _stored_run(plan: _Plan, spec: ModelSpec, run_dir: Path) -> dict[str, Any] | None:
+    """The record of ``run_dir`` when it was evaluated before under the same protocol; None when
+    the run is to be trained (or resumed) and evaluated."""
+    done = run_dir / eval_file(plan.split)
+    if not done.is_file():
+        return None
+    rec = json.loads(done.read_text(encoding="utf-8"))
+    made = _spec_record(spec)
+    # a folder of another model must not stand in for this one (files written before the
+    # record existed carry none and are taken as they are)
+    if rec.get("spec") is not None and made is not None and not _same_record(rec["spec"], made):
+        raise ValueError(f"{done} holds results of another {spec.name!r} (stored {rec['spec']}, asked "
+                         f"{made}); use a fresh --out folder, or delete {run_dir} to train it again")
+    return rec if rec.get("protocol") == plan.protocol else None
+
+
+def _train_and_evaluate(plan: _Plan, spec: ModelSpec, seed: int, run_dir: Path, tag: str) -> dict[str, Any]:
+    """Train (or resume) one model with one seed, evaluate its ``best.pt`` under every condition
+    and write the run's results file; returns the record written."""
+    from fsrf.training.evaluation import robust_eval
+    from fsrf.training.trainer import fit, load_weights
+
+    t0 = time.perf_counter()
+    settings = dataclasses.replace(plan.settings, **dict(spec.train)) if spec.train else plan.settings
+    verb = "resuming" if (run_dir / "last.pt").is_file() else "training"  # a finished run only reloads
+    plan.say(f"{tag} {verb} {spec.name}, seed {seed} -> {run_dir}")
+    res = fit(plan.data, run_dir, model=spec, settings=settings, seed=seed, dataset=plan.kind, resume=True,
+              log=None if plan.progress is False else plan.say)
+    model = load_weights(spec, plan.data.dims, run_dir / "best.pt", device=settings.device)
+    ev = robust_eval(model, plan.data.split(plan.split), plan.kind, rates=plan.rates, patterns=plan.patterns,
+                     seed=plan.mask_seed, device=settings.device, progress=plan.progress, legacy_f1=plan.legacy_f1)
+    secs = time.perf_counter() - t0
+    rec = {"model": spec.name, "seed": seed, "protocol": plan.protocol, "spec": _spec_record(spec),
+           "results": ev, "best_epoch": res["best_epoch"], "seconds": secs}
+    atomic_write_text(run_dir / eval_file(plan.split), json.dumps(rec, indent=2))
+    plan.say(f"{tag} {spec.name}, seed {seed}: best epoch {res['best_epoch'] + 1}, {secs:.0f}s")
+    return rec
+
+
+def _statistics(plan: _Plan, per_model: Mapping[str, Mapping[str, Any]], timing: Mapping[str, Mapping[str, float]],
+                t_start: float) -> dict[str, Any]:
+    """The results dict of :func:`compare`: mean and std over seeds, group summaries, paired
+    tests against the reference, AUILC and the meta of the comparison."""
+    from fsrf.training.evaluation import aggregate_seeds
+
+    names = [s.name for s in plan.specs]
     models = {}
     for n in names:
         agg = aggregate_seeds(per_model[n])
         models[n] = {"per_seed": per_model[n], "mean": agg["mean"], "std": agg["std"]}
     results = {"models": models,
-               "meta": {"dataset": kind, "data": str(getattr(data, "path", "")), "seeds": seeds,
-                        "reference": reference, **protocol, "settings": settings.to_dict(),
+               "meta": {"dataset": plan.kind, "data": str(getattr(plan.data, "path", "")), "seeds": plan.seeds,
+                        "reference": plan.reference, **plan.protocol, "settings": plan.settings.to_dict(),
                         "specs": [{"name": s.name, **(_spec_record(s) or {"kind": None, "build": repr(s.build)})}
-                                  for s in specs],
+                                  for s in plan.specs],
                         "seconds": {n: timing[n] for n in names},
                         "wall_seconds": round(time.perf_counter() - t_start, 1)}}
     results["summary"] = summarise(results)
-    results["tests"] = paired_tests(results, reference)
+    results["tests"] = paired_tests(results, plan.reference)
     results["auilc"] = auilc_summary(results)
-    tables = tables_dir(out, split)
+    return results
+
+
+def _write_tables(plan: _Plan, results: Mapping[str, Any]) -> None:
+    """``results.json``, ``results.csv``, ``robustness.png`` and ``comparison.md`` of the split,
+    and the tables on the log."""
+    from fsrf.training.results import write_results
+
+    tables = tables_dir(plan.out, plan.split)
     write_results(results, tables)  # creates the folder
     atomic_write_text(tables / "comparison.md", format_comparison(results))
-    say(format_comparison(results))
-    return results
+    plan.say(format_comparison(results))
 
 
 def merge_replicates(runs: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> dict[str, Any]:

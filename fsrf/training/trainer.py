@@ -20,12 +20,14 @@ from torch import nn
 
 from fsrf.config import FSRFConfig
 from fsrf.models import ModelSpec, rebuild_model
+from fsrf.runtime.checks import check_modality_batch
 from fsrf.runtime.progress import check_progress, show_bars
 from fsrf.training.curves import CURVES_NAME, METRICS_NAME, TensorBoardLog, plot_training_curves, write_metrics_csv
 from fsrf.runtime.io import atomic_write_text, ensure_dir, remove_stale_temps
 from fsrf.training.averaging import WeightAverage, epoch_decay
 from fsrf.training.checkpoint import load_checkpoint, save_checkpoint
 from fsrf.training.lock import FolderLock, lock_folder
+from fsrf.training.resume import _epoch1, _identity, check_best_checkpoint, read_last_checkpoint
 
 __all__ = ["TrainSettings", "fit", "load_model", "load_weights", "set_deterministic", "SELECTIONS", "model_task"]
 
@@ -58,8 +60,8 @@ class TrainSettings:
     parameters (:class:`fsrf.training.averaging.WeightAverage`) instead of the weights after the
     epoch's last step; ``last.pt`` keeps the live weights and the average, so a resumed run goes on
     exactly. ``ema_decay``: its decay; ``None`` (default) is ``1 − 1/(steps per epoch)``, a memory
-    of about one epoch, whatever the size of the data. On by default since the tenth round of
-    ``docs/FSRF_METHOD.md`` §7; ``ema=False`` trains as before it.
+    of about one epoch, whatever the size of the data. On by default since round 10 of the research
+    log (``docs/research-log/10-weight-average.md``); ``ema=False`` trains as before it.
     ``progress``: a progress bar per epoch (``None``, the default: only when stderr is a
     terminal, :func:`fsrf.runtime.progress.show_bars`); its loss is read from the device every
     :data:`BAR_EVERY` batches (the values of an epoch are summed on the device and read once).
@@ -198,31 +200,6 @@ def _model_spec(config: FSRFConfig | None, model: ModelSpec | None) -> ModelSpec
     return model
 
 
-def _identity(spec: ModelSpec) -> dict[str, Any]:
-    """What a checkpoint records to tell which model wrote it (kind and kwargs, or the name of a
-    user-built model)."""
-    if spec.kind is None:
-        return {"model_kind": None, "model_name": spec.name, "model_config": {}}
-    return {"model_kind": spec.kind, "model_name": spec.name, "model_config": dict(spec.kwargs)}
-
-
-def _same_model(ck: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
-    kind = ck.get("model_kind", "fsrf")  # checkpoints older than the model registry held FSRF only
-    if kind != ident["model_kind"]:
-        return False
-    if kind is None:
-        return ck.get("model_name") == ident["model_name"]
-    saved, asked = ck.get("model_config"), ident["model_config"]
-    if kind == "fsrf" and isinstance(saved, Mapping):
-        # a config saved before a field existed holds the value it had then (FSRFConfig.from_saved):
-        # a run of an older fsrf resumes, or is evaluated again, when it is the model asked for
-        try:
-            return FSRFConfig.from_saved(saved).to_dict() == FSRFConfig.from_saved(asked).to_dict()
-        except (TypeError, ValueError):
-            return False
-    return saved == asked
-
-
 # -- evaluation helpers used during training ---------------------------------------------------
 @torch.no_grad()
 def predict_split(model: nn.Module, split, *, batch_size: int = 256, device: str = "cpu",
@@ -306,13 +283,6 @@ def check_trainable(data, settings: TrainSettings, world_size: int = 1, task: st
                                  f"writes a class-labelled file)")
 
 
-def _load_for_resume(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        return load_checkpoint(path, map_location="cpu")
-    except ValueError as exc:
-        raise ValueError(f"cannot resume: {exc}; {fix}") from None
-
-
 def _to_device(b: dict, device: str, task: str = "regression"):
     labels = b["class_labels"] if task == "classification" else b["labels"]
     return ({m: x.to(device) for m, x in b["inputs"].items()}, {m: x.to(device) for m, x in b["masks"].items()},
@@ -385,237 +355,306 @@ def fit(data, out_dir: str | os.PathLike, *, config: FSRFConfig | None = None, s
             lock.release()
 
 
+@dataclass(eq=False)
+class _Run:
+    """One training run in progress: what the steps of :func:`_fit_locked` share.
+
+    ``history``, ``best_score``, ``best_epoch`` and ``bad`` (epochs without improvement) are the
+    selection state that ``last.pt`` stores and a resume restores.
+    """
+
+    data: Any
+    out: Path
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    ident: Mapping[str, Any]
+    settings: TrainSettings
+    seed: int
+    say: Callable[[str], None]
+    device: str
+    rank: int
+    world: int
+    avg: WeightAverage | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    start_epoch: int = 0
+    best_score: float = math.inf
+    best_epoch: int = -1
+    bad: int = 0
+    stopped_early: bool = False
+    step_fn: Callable[..., Any] | None = None
+    tb: TensorBoardLog | None = None
+    sampler: Any = None
+    # compilation is timed on the first step of each batch size, and logged once
+    compile_s: float = 0.0
+    compiled_shapes: set[int] = dataclasses.field(default_factory=set)
+    compile_logged: bool = False
+    # read once from the data and the model
+    train: Any = dataclasses.field(init=False)
+    dims: dict[str, int] = dataclasses.field(init=False)
+    task: str = dataclasses.field(init=False)
+    sel_key: str = dataclasses.field(init=False)
+    sel_name: str = dataclasses.field(init=False)
+    data_path: str = dataclasses.field(init=False)
+    last_path: Path = dataclasses.field(init=False)
+    best_path: Path = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.train = self.data.split("train")
+        self.dims = {m: int(d) for m, d in self.data.dims.items()}
+        self.task = model_task(self.model)
+        self.sel_key = _select_key(self.task)
+        self.sel_name = "select CE" if self.task == "classification" else "select MAE"
+        self.data_path = str(getattr(self.data, "path", ""))
+        self.last_path, self.best_path = self.out / "last.pt", self.out / "best.pt"
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files and prints (rank 0)."""
+        return self.rank == 0
+
+
 def _fit_locked(data, out: Path, model: nn.Module, opt, *, ident: Mapping[str, Any], settings: TrainSettings, seed: int,
                 dataset: str | None, resume: bool, say: Callable[[str], None], device: str, rank: int,
                 world: int) -> dict[str, Any]:
-    is_main = rank == 0
-    train = data.split("train")
-    dims = {m: int(d) for m, d in data.dims.items()}
-    task = model_task(model)
-    sel_key = _select_key(task)
-    sel_name = "select CE" if task == "classification" else "select MAE"
-    history: list[dict[str, float]] = []
-    start_epoch, best_score, best_epoch, bad = 0, math.inf, -1, 0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    data_path = str(getattr(data, "path", ""))
-    rebuild_best, rebuild_reason, resumed_rng, resumed_avg = False, "", None, None
-    if resume and last_path.exists():
-        ck = _load_for_resume(last_path, f"delete {last_path} to train {out} from scratch, "
-                                         f"or use another output folder")
-        ck_ema = bool(dict(ck.get("train") or {}).get("ema", False))  # runs before the switch had none
-        if ck_ema != settings.ema or (ck_ema and not isinstance(ck.get("weight_average"), Mapping)):
-            raise ValueError(f"cannot resume from {last_path}: it was trained with ema={ck_ema} and this run asks "
-                             f"ema={settings.ema}; resume with the same setting (--no-ema turns the weight "
-                             f"average off) or use a fresh --out directory")
-        if ck.get("seed") != seed or not _same_model(ck, ident):
-            raise ValueError(f"cannot resume from {last_path}: it was written with another seed or model config "
-                             f"(seed {ck.get('seed')}); use a fresh --out directory or the same settings")
-        ck_dims = {m: int(d) for m, d in dict(ck.get("modality_dims") or {}).items()}
-        if ck_dims != dims:
-            raise ValueError(f"cannot resume from {last_path}: it was trained on feature dims {ck_dims} "
-                             f"(data {ck.get('data_path') or 'unknown'}) but {data_path or 'the data'} has {dims}; "
-                             f"resume with the same data file or use a fresh --out directory")
-        last_epoch, ck_best = int(ck["epoch"]), int(ck["best_epoch"])
-        if ck_best >= 0 and best_path.exists():
-            bk = _load_for_resume(best_path,
-                                  f"{last_path} (epoch {last_epoch + 1}) is intact: delete {best_path} and rerun with "
-                                  f"--resume to continue from it (model selection then restarts at epoch "
-                                  f"{last_epoch + 1})")
-            # best.pt is saved before last.pt, so a run killed between the two leaves the best.pt of the
-            # epoch that is about to be trained again: it is rewritten when that epoch improves again
-            in_flight = (bk.get("epoch") == last_epoch + 1
-                         and float(bk.get("best_score", math.inf)) < float(ck["best_score"]))
-            if in_flight and last_epoch + 1 >= settings.epochs:
-                # that epoch lies beyond this run, and its best.pt has replaced the earlier best
-                rebuild_reason = (f"{best_path} is from epoch {last_epoch + 2}, beyond the {settings.epochs} "
-                                  f"epochs of this run, and replaced the earlier best")
-                rebuild_best = True
-            elif in_flight:
-                say(f"{best_path} is from epoch {last_epoch + 2}, which was interrupted before {last_path} was saved; "
-                    f"that epoch is trained again")
-            if (bk.get("seed") != seed or not _same_model(bk, ident)
-                    or (bk.get("epoch") != ck_best and not in_flight)):
-                raise ValueError(f"cannot resume: {best_path} (epoch {_epoch1(bk.get('epoch'))}, "
-                                 f"seed {bk.get('seed')}) is not the best model recorded in {last_path} "
-                                 f"(epoch {ck_best + 1}, seed {seed}); "
-                                 f"another run wrote into {out}: delete {best_path} and rerun with --resume to "
-                                 f"restart model selection from {last_path}, or use a fresh --out directory")
-        elif ck_best >= 0:
-            # best.pt is written before last.pt within an epoch, so it is missing only when removed
-            rebuild_best = True
-            rebuild_reason = f"{best_path} was missing"
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["torch_rng"])
-        resumed_rng = ck["torch_rng"]
-        resumed_avg = ck.get("weight_average")
-        start_epoch = last_epoch + 1
-        best_score, best_epoch, bad = float(ck["best_score"]), ck_best, int(ck["bad_epochs"])
-        history = list(ck["history"])
-        say(f"resumed from {last_path} at epoch {start_epoch}")
+    """:func:`fit` once ``out`` is locked: resume, set up, train the epochs, verify the outputs."""
+    run = _Run(data, out, model, opt, ident, settings, seed, say, device, rank, world)
+    rebuild_reason, resumed_rng, resumed_avg = None, None, None
+    if resume and run.last_path.exists():
+        ck = read_last_checkpoint(out, ident=ident, settings=settings, seed=seed, dims=run.dims,
+                                  data_path=run.data_path)
+        rebuild_reason = check_best_checkpoint(out, ck, ident=ident, settings=settings, seed=seed, say=say)
+        resumed_rng, resumed_avg = _restore(run, ck)
     elif resume:
-        say(f"--resume: no {last_path} yet, starting from scratch")
+        say(f"--resume: no {run.last_path} yet, starting from scratch")
+    _set_up(run, dataset, resumed_avg)
+    if rebuild_reason is not None:
+        _rebuild_best(run, rebuild_reason, resumed_rng)
+    _wrap_step(run)
+    if settings.train_missing == "lnln":
+        from fsrf.missing import LNLNSampler
+        run.sampler = LNLNSampler(run.train, seed=seed)
+    run.stopped_early = run.bad >= settings.patience and run.start_epoch > 0
+    if run.stopped_early:
+        say(f"{out} had already stopped early at epoch {run.start_epoch} (no improvement for {run.bad} epochs)")
+    _train_epochs(run)
+    return _finish(run)
 
-    if hasattr(model, "set_steps_per_epoch"):  # a warm-up counted in epochs needs their length
-        model.set_steps_per_epoch(_steps_per_epoch(len(train), settings.batch_size, world))
-    avg = None
+
+def _restore(run: _Run, ck: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Load a checked ``last.pt`` into the run (weights, optimiser, torch RNG, selection state);
+    returns its RNG state and weight average, which the set-up needs later."""
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["torch_rng"])
+    resumed_rng, resumed_avg = ck["torch_rng"], ck.get("weight_average")
+    run.start_epoch = int(ck["epoch"]) + 1
+    run.best_score, run.best_epoch, run.bad = float(ck["best_score"]), int(ck["best_epoch"]), int(ck["bad_epochs"])
+    run.history = list(ck["history"])
+    run.say(f"resumed from {run.last_path} at epoch {run.start_epoch}")
+    return resumed_rng, resumed_avg
+
+
+def _set_up(run: _Run, dataset: str | None, resumed_avg: Mapping[str, Any] | None) -> None:
+    """The weight average (restored on resume) and the run's meta, written to ``config.json``."""
+    settings = run.settings
+    if hasattr(run.model, "set_steps_per_epoch"):  # a warm-up counted in epochs needs their length
+        run.model.set_steps_per_epoch(_steps_per_epoch(len(run.train), settings.batch_size, run.world))
     if settings.ema:
         decay = settings.ema_decay
         if decay is None:
-            decay = epoch_decay(_steps_per_epoch(len(train), settings.batch_size, world))
-        avg = WeightAverage(model, decay)
+            decay = epoch_decay(_steps_per_epoch(len(run.train), settings.batch_size, run.world))
+        run.avg = WeightAverage(run.model, decay)
         if resumed_avg is not None:
-            avg.load_state_dict(resumed_avg)
-    meta = {**ident, "train": settings.to_dict(), "seed": int(seed),
-            "dataset": dataset, "data_path": data_path, "modality_dims": dims,
-            "selection": settings.selection, "eval_seed": settings.eval_seed, "world_size": world}
-    if is_main:
-        atomic_write_text(out / "config.json", json.dumps(meta, indent=2))
-    if rebuild_best:
-        best_score, selected = _score_selected(model, avg, data, settings, device)
-        best_epoch, bad = start_epoch - 1, 0
-        if is_main:
-            # best.pt first, then last.pt with the new selection state: the order of every epoch
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            save_checkpoint({"model": selected, **meta, "epoch": best_epoch, "best_score": best_score}, best_path)
-            save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": best_epoch,
-                             "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
-                             "history": history, "torch_rng": resumed_rng, **_avg_entry(avg)}, last_path)
-        say(f"{rebuild_reason}: model selection restarts from {last_path} (epoch {start_epoch}, "
-            f"{sel_name} {best_score:.4f})")
+            run.avg.load_state_dict(resumed_avg)
+    run.meta = {**run.ident, "train": settings.to_dict(), "seed": int(run.seed),
+                "dataset": dataset, "data_path": run.data_path, "modality_dims": run.dims,
+                "selection": settings.selection, "eval_seed": settings.eval_seed, "world_size": run.world}
+    if run.is_main:
+        atomic_write_text(run.out / "config.json", json.dumps(run.meta, indent=2))
 
-    net: nn.Module = _LossModule(model)
-    if world > 1:
+
+def _rebuild_best(run: _Run, reason: str, resumed_rng: torch.Tensor) -> None:
+    """Restart model selection from the resumed weights: they become the best epoch so far."""
+    run.best_score, selected = _score_selected(run.model, run.avg, run.data, run.settings, run.device)
+    run.best_epoch, run.bad = run.start_epoch - 1, 0
+    if run.is_main:
+        # last.pt keeps the RNG state it was resumed with, so the next epoch draws what it would have
+        _save_checkpoints(run, run.best_epoch, selected, improved=True, torch_rng=resumed_rng)
+    run.say(f"{reason}: model selection restarts from {run.last_path} (epoch {run.start_epoch}, "
+            f"{run.sel_name} {run.best_score:.4f})")
+
+
+def _save_checkpoints(run: _Run, epoch: int, selected: Mapping[str, torch.Tensor], *, improved: bool,
+                      torch_rng: torch.Tensor | None = None) -> None:
+    """Write ``best.pt`` (the ``selected`` weights, only when the epoch ``improved``), then
+    ``last.pt`` (everything a resume needs; ``torch_rng`` None: the current torch RNG state)."""
+    state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    # best.pt before last.pt: a run killed between the two is recognised on resume (check_best_checkpoint)
+    if improved:
+        save_checkpoint({"model": selected, **run.meta, "epoch": epoch, "best_score": run.best_score}, run.best_path)
+    save_checkpoint({"model": state, "optimizer": run.opt.state_dict(), **run.meta, "epoch": epoch,
+                     "best_score": run.best_score, "best_epoch": run.best_epoch, "bad_epochs": run.bad,
+                     "history": run.history, "torch_rng": torch.get_rng_state() if torch_rng is None else torch_rng,
+                     **_avg_entry(run.avg)}, run.last_path)
+
+
+def _wrap_step(run: _Run) -> None:
+    """The training step: the model's objective behind DDP (several processes) and
+    ``torch.compile`` (``settings.compile``); and the TensorBoard log when asked for."""
+    net: nn.Module = _LossModule(run.model)
+    if run.world > 1:
         net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
-    step_fn = net
-    tb = TensorBoardLog(out / "tensorboard") if settings.tensorboard and is_main else None
-    if settings.compile:
+    run.step_fn = net
+    run.tb = TensorBoardLog(run.out / "tensorboard") if run.settings.tensorboard and run.is_main else None
+    if run.settings.compile:
         # static shapes: a run has two batch sizes at most (full and trailing), each compiled once
-        step_fn = torch.compile(net, dynamic=False)
-    compile_s, compiled_shapes, compile_logged = 0.0, set(), False
+        run.step_fn = torch.compile(net, dynamic=False)
 
-    sampler = None
-    if settings.train_missing == "lnln":
-        from fsrf.missing import LNLNSampler
-        sampler = LNLNSampler(train, seed=seed)
 
-    stopped_early = bad >= settings.patience and start_epoch > 0
-    if stopped_early:
-        say(f"{out} had already stopped early at epoch {start_epoch} (no improvement for {bad} epochs)")
+def _train_epochs(run: _Run) -> None:
+    """Train from ``run.start_epoch`` until ``settings.epochs`` or the early stop."""
+    settings = run.settings
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
-    for epoch in range(start_epoch, settings.epochs if not stopped_early else start_epoch):
+    for epoch in range(run.start_epoch, settings.epochs if not run.stopped_early else run.start_epoch):
         t0 = time.perf_counter()
-        split = sampler.epoch(epoch) if sampler is not None else train
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
-        order = _rank_shard(order, rank, world)
-        # on the training device, so that drawing the second view copies nothing to it
-        view_gen = None if settings.compile else torch.Generator(device=device).manual_seed(seed * 7919 + epoch)
-        model.train()
-        batches = range(0, len(order), settings.batch_size)
-        bar = None
-        if tqdm is not None and show_bars(settings.progress) and is_main:
-            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, unit="batch")
-        # summed on the device and read once per epoch: no host sync per batch
-        sums: dict[str, torch.Tensor] = {}
-        n_batches = 0
-        for start in batches:
-            idx = order[start:start + settings.batch_size]
-            if len(idx) < 2:
-                continue  # batch statistics (MMD, decorrelation) need two samples
-            inputs, masks, labels = _to_device(split.batch(idx), device, task)
-            timed = settings.compile and len(idx) not in compiled_shapes
-            if settings.compile:
-                _check_batch_finite(inputs, labels)
-                if timed:
-                    _sync(device)
-                    t_c = time.perf_counter()
-            loss, parts = step_fn(inputs, masks, labels, view_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
-            if avg is not None:
-                avg.update(model)
-            if timed:
-                _sync(device)
-                compile_s += time.perf_counter() - t_c
-                compiled_shapes.add(len(idx))
-            n_batches += 1
-            for k, v in parts.items():
-                v = v.detach().float()
-                sums[k] = v if k not in sums else sums[k] + v
-            if bar is not None:
-                bar.update(1)
-                if n_batches % BAR_EVERY == 1 or n_batches == len(batches):
-                    bar.set_postfix(loss=f"{float(parts['total']):.3f}",
-                                    task=f"{float(parts.get('task_a', parts['total'])):.3f}")
-        if bar is not None:
-            bar.close()
-        sums = _read_sums(sums)
-        if settings.compile and not compile_logged and compiled_shapes:
-            compile_logged = True
-            say(f"torch.compile: {compile_s:.1f} s in the first step of each batch size "
-                f"({', '.join(str(b) for b in sorted(compiled_shapes))}), compilation included")
+        sums, n_batches = _train_epoch(run, epoch, tqdm)
+        if settings.compile and not run.compile_logged and run.compiled_shapes:
+            run.compile_logged = True
+            run.say(f"torch.compile: {run.compile_s:.1f} s in the first step of each batch size "
+                    f"({', '.join(str(b) for b in sorted(run.compiled_shapes))}), compilation included")
         if not math.isfinite(sums.get("total", 0.0)):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {sums.get('total')}); "
                                      f"lower --lr or check the data")
-        score, selected = _score_selected(model, avg, data, settings, device)
-        if not math.isfinite(score):
-            raise FloatingPointError(f"the selection score ({sel_name}) is {score} at epoch {epoch + 1}: the model "
-                                     f"predicts non-finite values; lower --lr or check the data")
-        row = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, sel_key: score,
-               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
-        history.append(row)
-        improved = score < best_score - 1e-6
-        if improved:
-            best_score, best_epoch, bad = score, epoch, 0
-        else:
-            bad += 1
-        if is_main:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            if improved:
-                save_checkpoint({"model": selected, **meta, "epoch": epoch, "best_score": best_score}, best_path)
-            save_checkpoint({"model": state, "optimizer": opt.state_dict(), **meta, "epoch": epoch,
-                             "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
-                             "history": history, "torch_rng": torch.get_rng_state(), **_avg_entry(avg)},
-                            last_path)
-            atomic_write_text(out / "history.json", json.dumps(history, indent=2))
-            write_metrics_csv(history, out / METRICS_NAME)
-            if tb is not None:
-                tb.log_epoch(row)
-        say(f"epoch {epoch + 1}/{settings.epochs}: loss {row.get('total', float('nan')):.4f}  "
-            f"task {row.get('task_a', float('nan')):.4f}  {sel_name} {score:.4f}"
-            f"{'  *best*' if improved else ''}  ({row['seconds']:.1f}s)")
-        if world > 1:
-            dist.barrier()
-        if bad >= settings.patience:
-            stopped_early = True
-            say(f"early stop: no improvement for {settings.patience} epochs (best epoch {best_epoch + 1})")
+        if _end_epoch(run, epoch, sums, n_batches, t0):
             break
-    if tb is not None:
-        tb.close()
-    if is_main and history:
-        plot_training_curves(history, out / CURVES_NAME, best_epoch=best_epoch,
-                             title=f"{ident.get('model_name') or 'model'}, seed {seed}")
-    if is_main:
-        for path in (best_path, last_path):
-            try:
-                ck_end = load_checkpoint(path, map_location="cpu")
-            except (FileNotFoundError, ValueError) as exc:
-                raise ValueError(f"training in {out} ended but a checkpoint it reports does not load: {exc}") from None
-            if path == best_path and ck_end.get("epoch") != best_epoch:
-                raise ValueError(f"training in {out} ended with best epoch {best_epoch + 1}, but {best_path} holds "
-                                 f"epoch {_epoch1(ck_end.get('epoch'))} (a resumed epoch did not repeat exactly); "
-                                 f"delete {best_path} and rerun with --resume to select again from {last_path}")
-    result = {"best_epoch": best_epoch, "best_score": best_score, "epochs_run": len(history),
-              "stopped_early": stopped_early, "history": history, "checkpoint": str(best_path)}
+
+
+def _train_epoch(run: _Run, epoch: int, tqdm) -> tuple[dict[str, float], int]:
+    """One pass over this rank's share of the training split; returns the summed loss parts
+    (read from the device once) and the number of steps."""
+    settings = run.settings
+    split = run.sampler.epoch(epoch) if run.sampler is not None else run.train
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(run.seed * 100003 + epoch)).numpy()
+    order = _rank_shard(order, run.rank, run.world)
+    # on the training device, so that drawing the second view copies nothing to it
+    view_gen = None if settings.compile else torch.Generator(device=run.device).manual_seed(run.seed * 7919 + epoch)
+    run.model.train()
+    batches = range(0, len(order), settings.batch_size)
+    bar = None
+    if tqdm is not None and show_bars(settings.progress) and run.is_main:
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False, unit="batch")
+    # summed on the device and read once per epoch: no host sync per batch
+    sums: dict[str, torch.Tensor] = {}
+    n_batches = 0
+    for start in batches:
+        idx = order[start:start + settings.batch_size]
+        if len(idx) < 2:
+            continue  # batch statistics (MMD, decorrelation) need two samples
+        parts = _train_batch(run, split, idx, view_gen)
+        n_batches += 1
+        for k, v in parts.items():
+            v = v.detach().float()
+            sums[k] = v if k not in sums else sums[k] + v
+        if bar is not None:
+            bar.update(1)
+            if n_batches % BAR_EVERY == 1 or n_batches == len(batches):
+                bar.set_postfix(loss=f"{float(parts['total']):.3f}",
+                                task=f"{float(parts.get('task_a', parts['total'])):.3f}")
+    if bar is not None:
+        bar.close()
+    return _read_sums(sums), n_batches
+
+
+def _train_batch(run: _Run, split, idx, view_gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """One optimiser step on the samples ``idx`` of ``split``; returns the loss parts (on the device)."""
+    settings = run.settings
+    inputs, masks, labels = _to_device(split.batch(idx), run.device, run.task)
+    timed = settings.compile and len(idx) not in run.compiled_shapes
     if settings.compile:
-        result["compile_seconds"] = compile_s
+        _check_batch_finite(inputs, labels, masks)
+        if timed:
+            _sync(run.device)
+            t_c = time.perf_counter()
+    loss, parts = run.step_fn(inputs, masks, labels, view_gen)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.model.parameters(), settings.grad_clip)
+    run.opt.step()
+    if run.avg is not None:
+        run.avg.update(run.model)
+    if timed:
+        _sync(run.device)
+        run.compile_s += time.perf_counter() - t_c
+        run.compiled_shapes.add(len(idx))
+    return parts
+
+
+def _end_epoch(run: _Run, epoch: int, sums: Mapping[str, float], n_batches: int, t0: float) -> bool:
+    """Score the epoch's weights, keep the best, save and log; True when training stops early."""
+    settings = run.settings
+    score, selected = _score_selected(run.model, run.avg, run.data, settings, run.device)
+    if not math.isfinite(score):
+        raise FloatingPointError(f"the selection score ({run.sel_name}) is {score} at epoch {epoch + 1}: the model "
+                                 f"predicts non-finite values; lower --lr or check the data")
+    row = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, run.sel_key: score,
+           "lr": float(run.opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
+    run.history.append(row)
+    improved = score < run.best_score - 1e-6
+    if improved:
+        run.best_score, run.best_epoch, run.bad = score, epoch, 0
+    else:
+        run.bad += 1
+    if run.is_main:
+        _save_checkpoints(run, epoch, selected, improved=improved)
+        atomic_write_text(run.out / "history.json", json.dumps(run.history, indent=2))
+        write_metrics_csv(run.history, run.out / METRICS_NAME)
+        if run.tb is not None:
+            run.tb.log_epoch(row)
+    run.say(f"epoch {epoch + 1}/{settings.epochs}: loss {row.get('total', float('nan')):.4f}  "
+            f"task {row.get('task_a', float('nan')):.4f}  {run.sel_name} {score:.4f}"
+            f"{'  *best*' if improved else ''}  ({row['seconds']:.1f}s)")
+    if run.world > 1:
+        dist.barrier()
+    if run.bad >= settings.patience:
+        run.stopped_early = True
+        run.say(f"early stop: no improvement for {settings.patience} epochs (best epoch {run.best_epoch + 1})")
+        return True
+    return False
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Close the logs, plot the curves, check the checkpoints load; returns :func:`fit`'s summary."""
+    if run.tb is not None:
+        run.tb.close()
+    if run.is_main and run.history:
+        plot_training_curves(run.history, run.out / CURVES_NAME, best_epoch=run.best_epoch,
+                             title=f"{run.ident.get('model_name') or 'model'}, seed {run.seed}")
+    if run.is_main:
+        _verify_outputs(run)
+    result = {"best_epoch": run.best_epoch, "best_score": run.best_score, "epochs_run": len(run.history),
+              "stopped_early": run.stopped_early, "history": run.history, "checkpoint": str(run.best_path)}
+    if run.settings.compile:
+        result["compile_seconds"] = run.compile_s
     return result
+
+
+def _verify_outputs(run: _Run) -> None:
+    """Load ``best.pt`` and ``last.pt`` back, and check that ``best.pt`` holds the best epoch, so
+    that the summary :func:`fit` returns never points at a file that does not load."""
+    for path in (run.best_path, run.last_path):
+        try:
+            ck_end = load_checkpoint(path, map_location="cpu")
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"training in {run.out} ended but a checkpoint it reports does not load: {exc}") from None
+        if path == run.best_path and ck_end.get("epoch") != run.best_epoch:
+            raise ValueError(f"training in {run.out} ended with best epoch {run.best_epoch + 1}, but {run.best_path} "
+                             f"holds epoch {_epoch1(ck_end.get('epoch'))} (a resumed epoch did not repeat exactly); "
+                             f"delete {run.best_path} and rerun with --resume to select again from {run.last_path}")
 
 
 def _steps_per_epoch(n: int, batch_size: int, world: int) -> int:
@@ -666,23 +705,10 @@ def _read_sums(sums: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(sums, values))
 
 
-def _check_batch_finite(inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
-    """The NaN/Inf check that a compiled step leaves out, once per batch before it (one host
-    sync for the whole batch; switched with :func:`fsrf.set_check_finite`)."""
-    from fsrf.runtime.backend import check_finite_enabled
-
-    if not check_finite_enabled():
-        return
-    flags = torch.stack([torch.isfinite(x).all() for x in (*inputs.values(), labels)])
-    if not bool(flags.all()):
-        names = [*inputs, "labels"]
-        bad = [n for n, ok in zip(names, flags.tolist()) if not ok]
-        raise ValueError(f"the batch holds NaN or Inf in {bad}; clean the features first "
-                         f"(MMSA audio uses -inf padding: set it to 0)")
-
-
-def _epoch1(epoch) -> str:
-    return str(int(epoch) + 1) if isinstance(epoch, int) else "unknown"
+def _check_batch_finite(inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, masks=None) -> None:
+    """The batch check that a compiled step leaves out (the layer's, with the labels), once per
+    batch before it: one host sync; NaN/Inf switched with :func:`fsrf.set_check_finite`."""
+    check_modality_batch(inputs, masks, labels=labels)
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -1,0 +1,135 @@
+"""FSRFConfig's groups, its version and the upgrade of every config ever saved.
+
+tests/fixtures/configs_v1.json holds the default config as each revision of fsrf/config.py saved it
+before versions existed (read from git history by record_configs.py). What each field meant before
+it existed is written out below from the history of the method, not read from fsrf.
+"""
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fsrf import FSRFConfig, FSRFModel
+from fsrf.config import AUX_WEIGHTS, CONFIG_VERSION, GROUPS, POOLINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+V1 = json.loads((ROOT / "tests/fixtures/configs_v1.json").read_text())["configs"]
+
+# The behaviour before each field existed, in version 1's names: the losses were summed and not
+# normalised, the reconstruction target was not detached, there was no warm-up, no modality
+# dropout, no availability flags, recovery learned from view B only, the pooled features were plain
+# masked means combined by a mean, labels were used as given, batch statistics were per process,
+# and the encoder was the single cross-modal attention.
+BEFORE_V1 = {
+    "rec_detach_target": False, "orth_reduction": "sum", "hom_reduction": "sum", "mmd_normalize": False,
+    "aux_warmup_steps": 0, "modality_dropout": 0.0, "fusion_availability": False, "recovery_loss": "view",
+    "global_batch": False, "pool_norm": False, "shared_pool": "mean", "pool_shrink": False, "private_pool": "same",
+    "dequantize_labels": False, "w_pred": 0.0, "encoder_layers": 0, "aux_warmup_epochs": 0.0,
+}
+DIMS = {"text": 6, "audio": 4, "vision": 3}
+
+
+@pytest.mark.parametrize("rev", list(V1))
+def test_every_version_1_config_reads_with_the_values_it_was_saved_with(rev):
+    saved = V1[rev]["config"]
+    cfg = FSRFConfig.from_saved(saved)
+    for name in {f.name for f in dataclasses.fields(FSRFConfig)} | {"pool_norm", "pool_shrink", "private_pool"}:
+        if name == "pooling":
+            continue
+        expected = saved[name] if name in saved else BEFORE_V1.get(name, getattr(FSRFConfig(), name))
+        assert getattr(cfg, name) == expected, (rev, name)
+
+
+@pytest.mark.parametrize("rev", [next(iter(V1)), list(V1)[-1]])
+def test_a_version_1_config_builds_a_model_that_trains(rev):
+    cfg = FSRFConfig.from_saved({**V1[rev]["config"], "d_model": 8, "num_heads": 2})
+    torch.manual_seed(0)
+    model = FSRFModel(DIMS, cfg)
+    inputs = {m: torch.randn(4, 5, d) for m, d in DIMS.items()}
+    masks = {m: torch.ones(4, 5, dtype=torch.bool) for m in DIMS}
+    loss, _ = model.training_loss(inputs, masks, torch.randn(4))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_current_version_round_trips_flat_grouped_and_through_a_file(tmp_path):
+    cfg = FSRFConfig(d_model=32, pooling="mean", w_kl=0.25, conv_kernel={"text": 3})
+    flat, grouped = cfg.to_dict(), cfg.to_dict(grouped=True)
+    assert flat["config_version"] == grouped["config_version"] == CONFIG_VERSION
+    assert set(grouped) == {"config_version", *GROUPS}
+    assert FSRFConfig.from_saved(flat) == FSRFConfig.from_dict(flat) == FSRFConfig.from_dict(grouped) == cfg
+    assert FSRFConfig(**flat) == cfg
+    cfg.to_json(tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text()) == grouped
+    assert FSRFConfig.from_json(tmp_path / "c.json") == cfg
+
+
+def test_every_field_is_in_exactly_one_group_and_the_views_read_it():
+    fields = [f.name for f in dataclasses.fields(FSRFConfig)]
+    grouped = [n for names in GROUPS.values() for n in names]
+    assert sorted(grouped) == sorted(fields)
+    cfg = FSRFConfig(d_model=48)
+    assert cfg.architecture.d_model == 48 and cfg.fusion.pooling == cfg.pooling
+    assert cfg.distillation.to_dict() == {k: getattr(cfg, k) for k in GROUPS["distillation"]}
+    with pytest.raises(AttributeError, match="read-only"):
+        cfg.architecture.d_model = 3
+    with pytest.raises(AttributeError, match="has no field 'w_kl'"):
+        cfg.architecture.w_kl
+
+
+def test_no_field_is_unused():
+    # read by name somewhere in the package, or through AUX_WEIGHTS (FSRFConfig.weighted_aux)
+    source = "\n".join(p.read_text() for p in (ROOT / "fsrf").rglob("*.py") if p.name != "config.py")
+    unused = [f.name for f in dataclasses.fields(FSRFConfig)
+              if not re.search(rf"\b{f.name}\b", source) and f.name not in AUX_WEIGHTS.values()]
+    assert not unused
+
+
+def test_version_1_pooling_keywords_set_the_one_pooling_choice():
+    assert FSRFConfig(pool_norm=False).pooling == "mean+private-shrink"
+    assert FSRFConfig(pool_norm=False, pool_shrink=True, private_pool="wiener").pooling == "shrink"
+    assert FSRFConfig(private_pool="same").pooling == "norm"
+    assert FSRFConfig(pooling="mean", private_pool="wiener").pooling == "mean+private-wiener"
+    for name, (norm, shrink, private) in POOLINGS.items():
+        cfg = FSRFConfig(pooling=name)
+        assert (cfg.pool_norm, cfg.pool_shrink, cfg.private_pool) == (norm, shrink, private)
+        assert FSRFConfig(pool_norm=norm, pool_shrink=shrink, private_pool=private) == cfg
+    assert dataclasses.replace(FSRFConfig(), pooling="mean").pooling == "mean"
+    assert FSRFConfig().replace(pool_norm=False).pooling == "mean+private-shrink"
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"config_version": 3}, "config_version must be an int in \\[1, 2\\]"),
+    ({"config_version": 0}, "config_version"), ({"config_version": "2"}, "config_version"),
+    ({"config_version": True}, "config_version"),
+    ({"architecture": {"w_kl": 1.0}}, "group 'architecture' has no field"),
+    ({"d_model": 8, "architecture": {"d_model": 16}}, "given both flat and in group"),
+    ({"pooling": "max"}, "pooling must be one of"), ({"extra": {"a": 1}}, "extra was removed"),
+    ({"wat": 1}, "unknown FSRFConfig field")])
+def test_bad_config_dicts_are_refused_by_name(bad, match):
+    with pytest.raises(ValueError, match=match):
+        FSRFConfig.from_dict(bad)
+
+
+def test_the_constructor_takes_only_the_current_version():
+    with pytest.raises(ValueError, match="from_saved"):
+        FSRFConfig(config_version=1)
+    assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
+    assert FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}}) == FSRFConfig()
+
+
+def test_a_stored_run_of_an_earlier_fsrf_counts_as_the_same_model():
+    from _helpers import version_1_dict
+    from fsrf.models import ModelSpec
+    from fsrf.training.comparison import _same_record, _spec_record
+
+    made = _spec_record(ModelSpec("FSRF", kind="fsrf", kwargs={"d_model": 16}))
+    stored = {**made, "kwargs": version_1_dict(FSRFConfig(d_model=16))}
+    assert _same_record(stored, made)
+    assert not _same_record({**made, "kwargs": version_1_dict(FSRFConfig(d_model=32))}, made)
+    assert not _same_record({**stored, "train": {"lr": 1e-3}}, made)

@@ -43,7 +43,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="run the training step through torch.compile (the compilation time is printed once)")
     p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
                    help="select and save the weights after each epoch's last step instead of their moving "
-                        "average over about one epoch (the default since docs/FSRF_METHOD.md §7, tenth round)")
+                        "average over about one epoch (the default since docs/research-log/10-weight-average.md)")
 
 
 def add_progress_options(p: argparse.ArgumentParser) -> None:

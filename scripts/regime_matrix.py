@@ -33,6 +33,9 @@ script itself (tests).
 
 ``--variant NAME=JSON`` adds FSRF with those FSRFConfig fields changed, e.g.
 ``--variant 'FSRF private=same={"private_pool": "same"}'``: what the rule compares with the defaults.
+``--variant A`` (a letter of :data:`VARIANTS`) adds a variant written down in
+docs/research-log/14-regime-matrix.md before its runs. ``OUT/rule.md`` applies the rule to every
+variant present: against the defaults, paired over all draws of the cells run and per cell.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ CELLS = {
     "sims-content": dict(preset="sims", aligned=False, generator="content", n=(800, 200, 400), epochs=12),
     "mosei-aligned-content-4x": dict(preset="mosei", aligned=True, generator="content", n=(3200, 400, 800), epochs=8),
 }
+#: The variants of docs/research-log/14-regime-matrix.md, by the letter that file gives them.
+VARIANTS = {
+    "A": ("FSRF simplest pooling and labels", {"pooling": "norm", "shared_pool": "mean", "dequantize_labels": False}),
+    "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),
+    "C": ("FSRF no warm-up", {"aux_warmup_steps": 0}),
+    "D": ("FSRF no projection LayerNorm", {"proj_norm": False}),
+    "E": ("FSRF aux_balance=1", {"aux_balance": 1.0}),
+}
 #: the built-in baselines FSRF must be non-inferior to
 BASELINES = ("MulT", "late fusion + modality dropout", "late fusion")
 GROUPS = (("intra r>=0.5", "r ≥ 0.5"), ("inter (7 patterns)", "7 patterns"), ("intra r<0.5", "r < 0.5"))
@@ -64,6 +75,10 @@ def _specs(models: str, variants: list[str], d_model: int):
     specs = [s for s in default_specs(d_model, term_ablations=True) if s.name in names]
     full = next(s for s in default_specs(d_model) if s.name == "FSRF").kwargs
     for v in variants:
+        if v in VARIANTS:
+            name, changes = VARIANTS[v]
+            specs.append(ModelSpec(name, kind="fsrf", kwargs={**full, **changes}))
+            continue
         # the JSON object starts at the first "={", so a name may hold "=" (e.g. "encoder_layers=2")
         cut = v.find("={")
         name, sep, text = (v[:cut], "=", v[cut + 1:]) if cut > 0 else v.partition("=")
@@ -120,6 +135,56 @@ def summarise_cell(merged: dict) -> list[str]:
     return rows
 
 
+def _differences(merged: dict, variant: str, group: str, metric: str) -> np.ndarray:
+    """Per draw, the variant's metric minus the defaults' (draws both have)."""
+    a, b = merged["summary"]["FSRF"][group]["per_seed"], merged["summary"][variant][group]["per_seed"]
+    return np.array([b[s][metric] - a[s][metric] for s in a if s in b])
+
+
+def rule_report(cells: dict[str, dict]) -> list[str]:
+    """The rule of docs/research-log/14-regime-matrix.md for every variant in ``cells`` (cell ->
+    merged results): condition 1 over all draws pooled (the two claimed groups, F1 and MAE, all four
+    means in the variant's favour and one one-sided p < 0.05), condition 2 per cell and group
+    (no two-sided p < 0.05 against it). Markdown lines; "wins" means the variant, not the default,
+    meets both conditions."""
+    from scipy import stats
+
+    from fsrf.training.comparison import default_specs
+
+    built_in = {s.name for s in default_specs(term_ablations=True, first_reconstruction=True)}
+    names = sorted({n for m in cells.values() for n in m["summary"] if n.startswith("FSRF") and n not in built_in})
+    out = ["# The rule, applied to every variant against the defaults", "",
+           "Δ = variant − defaults (F1: higher is better; MAE: lower). Pooled over the draws of every cell run.", ""]
+    for name in names:
+        have = {c: m for c, m in cells.items() if name in m["summary"]}
+        out += [f"## {name}", "", "| group | metric | pooled Δ | one-sided p | per cell (Δ, two-sided p) |", "|---|---|---|---|---|"]
+        claimed, worse = [], []
+        for group, label in GROUPS:
+            for metric, sign in (("F1", 1.0), ("MAE", -1.0)):
+                per_cell, pooled = [], []
+                for c, m in have.items():
+                    key = "F1_score" if m["meta"].get("dataset") == "sims" else "Has0_F1_score"
+                    d = _differences(m, name, group, key if metric == "F1" else "MAE")
+                    pooled.extend(sign * d)
+                    p2 = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and d.std() > 0 else float("nan")
+                    per_cell.append(f"{c}: {d.mean():+.3f} (p {p2:.3f})")
+                    if p2 < 0.05 and sign * d.mean() < 0:
+                        worse.append(f"{c} {label} {metric}")
+                pooled = np.array(pooled)
+                p1 = (float(stats.ttest_1samp(pooled, 0.0, alternative="greater").pvalue)
+                      if len(pooled) > 1 and pooled.std() > 0 else float("nan"))
+                if group != "intra r<0.5":
+                    claimed.append((pooled.mean() > 0, p1 < 0.05))
+                out.append(f"| {label} | {metric} | {sign * pooled.mean():+.3f} (n = {len(pooled)}) | {p1:.3f} | "
+                           + "; ".join(per_cell) + " |")
+        better = all(c[0] for c in claimed) and any(c[1] for c in claimed)
+        out += ["", f"Condition 1 (better where the method claims to help): {'met' if better else 'not met'}. "
+                f"Condition 2 (significantly worse nowhere): {'met' if not worse else 'not met: ' + ', '.join(worse)}. "
+                f"The variant {'wins' if better and not worse else 'does not win'} on the cells run "
+                f"({', '.join(have)}).", ""]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
@@ -154,6 +219,7 @@ def main(argv=None) -> int:
     summary = ["# Regime matrix: FSRF against the best built-in baseline and without its auxiliary terms", "",
                f"{args.draws} fresh data draws per cell, paired over draws; Δ > 0 favours FSRF on F1, < 0 on MAE; "
                f"NI p: one-sided non-inferiority at margin {MARGIN}.", ""]
+    merged_cells = {}
     for cell in names:
         c = CELLS[cell]
         n = [max(8, int(round(k * args.scale))) for k in c["n"]]
@@ -179,6 +245,7 @@ def main(argv=None) -> int:
             labels.append(f"d{d}")
             print(f"{cell}: draw {d} done", flush=True)
         merged = merge_replicates(runs, labels) if len(runs) > 1 else runs[0]
+        merged_cells[cell] = merged
         write_results(merged, out / cell)
         atomic_write_text(out / cell / "comparison.md", format_comparison(merged))
         summary += [f"## {cell}", "", f"{c['preset']} layout, {'aligned' if c['aligned'] else 'unaligned'}, "
@@ -186,6 +253,7 @@ def main(argv=None) -> int:
                     "| group | metric | FSRF | best built-in baseline | FSRF w/o aux terms |", "|---|---|---|---|---|",
                     *summarise_cell(merged), ""]
     atomic_write_text(out / "summary.md", "\n".join(summary) + "\n")
+    atomic_write_text(out / "rule.md", "\n".join(rule_report(merged_cells)) + "\n")
     print(f"wrote {out}/summary.md")
     return 0
 

@@ -25,6 +25,34 @@ def test_one_cell_runs_tiny_and_writes_the_summary(tmp_path):
     merged = (tmp_path / "sims-content" / "comparison.md").read_text(encoding="utf-8")
     assert "2 replicates" in merged and "FSRF enc2" in merged
     assert sorted(p.name for p in (tmp_path / "sims-content").glob("d*")) == ["d101", "d102"]
+    rule = (tmp_path / "rule.md").read_text(encoding="utf-8")
+    assert "## FSRF enc2" in rule and "Condition 2" in rule
+
+
+def test_the_rule_report_computes_the_paired_differences_and_both_conditions():
+    mod = _module()
+
+    def cell(dataset, deltas):
+        # defaults at 0.5 / 1.0; the variant moved by deltas[group] = (dF1, dMAE) per draw
+        per = lambda f1, mae: {"F1_score": f1, "Has0_F1_score": f1, "MAE": mae}
+        summ = {"FSRF": {}, "FSRF v": {}}
+        for group, _ in mod.GROUPS:
+            summ["FSRF"][group] = {"per_seed": {s: per(0.5, 1.0) for s in ("d1", "d2", "d3")}}
+            summ["FSRF v"][group] = {"per_seed": {s: per(0.5 + df, 1.0 + dm) for s, (df, dm)
+                                                  in zip(("d1", "d2", "d3"), deltas[group])}}
+        return {"meta": {"dataset": dataset}, "summary": summ}
+
+    good = [(0.02, -0.02), (0.03, -0.01), (0.025, -0.015)]
+    flat = [(0.0, 0.001), (0.001, 0.0), (-0.001, -0.001)]
+    cells = {"a": cell("mosei", {g: good for g, _ in mod.GROUPS}), "b": cell("sims", {g: good for g, _ in mod.GROUPS})}
+    text = "\n".join(mod.rule_report(cells))
+    assert "The variant wins" in text and "+0.025 (n = 6)" in text
+    bad = [(-0.05, 0.05), (-0.06, 0.06), (-0.055, 0.055)]  # significantly worse at r < 0.5 on cell b
+    cells["b"] = cell("sims", {"intra r>=0.5": good, "inter (7 patterns)": good, "intra r<0.5": bad})
+    text = "\n".join(mod.rule_report(cells))
+    assert "not met: b r < 0.5 F1, b r < 0.5 MAE" in text and "does not win" in text
+    cells = {"a": cell("mosei", {g: flat for g, _ in mod.GROUPS})}
+    assert "Condition 1 (better where the method claims to help): not met" in "\n".join(mod.rule_report(cells))
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -34,6 +62,7 @@ def test_one_cell_runs_tiny_and_writes_the_summary(tmp_path):
     (["--variant", "x"], "--variant takes NAME=JSON"),
     (["--variant", "x=[1]"], "JSON must be an object"),
     (["--models", "mult"], "--models must include fsrf"),
+    (["--variant", "Z"], "--variant takes NAME=JSON"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, argv, match):
     mod = _module()

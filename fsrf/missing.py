@@ -181,6 +181,22 @@ def _apply(x: np.ndarray, mask: np.ndarray, keep: np.ndarray, *, keep_special: b
 
 
 # ------------------------------------------------------------------------------ dataset level
+def _kept(k: np.ndarray, rate: Any, m: str, seed: int, epoch: int = 0) -> np.ndarray:
+    """The frames of modality ``m`` that survive the drop at ``rate``: ``u >= r`` with ``u`` from the
+    evaluation stream of ``(seed, m, epoch)`` (the draw every evaluation condition shares)."""
+    r = _rate_for(rate, m, k.shape[0])
+    return _rng(seed, m, _STREAM_EVAL, epoch).random(k.shape) >= r[:, None]
+
+
+def _pattern_keep(pattern: str, features: Mapping[str, Any]) -> str:
+    """The modalities ``pattern`` keeps, each of which ``features`` must hold."""
+    keep_mods = pattern_modalities(pattern)
+    for m in keep_mods:
+        if m not in features:
+            raise ValueError(f"pattern {pattern!r} needs modality {m!r}, which is not in features ({sorted(features)})")
+    return keep_mods
+
+
 def drop_frames(features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], rate: Any, *,
                 seed: int = DEFAULT_EVAL_SEED, keep_special: bool = True, epoch: int = 0,
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -204,9 +220,7 @@ def drop_frames(features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarr
     for m, x in features.items():
         x = np.asarray(x)
         k = np.asarray(masks[m])
-        r = _rate_for(rate, m, x.shape[0])
-        u = _rng(seed, m, _STREAM_EVAL, epoch).random(k.shape)
-        out_f[m], out_m[m] = _apply(x, k, u >= r[:, None], keep_special=keep_special)
+        out_f[m], out_m[m] = _apply(x, k, _kept(k, rate, m, seed, epoch), keep_special=keep_special)
     return out_f, out_m
 
 
@@ -215,10 +229,7 @@ def remove_modalities(features: Mapping[str, np.ndarray], masks: Mapping[str, np
     """Inter-modal missingness: keep only the modalities of ``pattern``; the others become fully missing
     (mask all False, features zero, BERT ids ``[CLS] [UNK] ... [SEP]``)."""
     _check_arrays(features, masks)
-    keep_mods = pattern_modalities(pattern)
-    for m in keep_mods:
-        if m not in features:
-            raise ValueError(f"pattern {pattern!r} needs modality {m!r}, which is not in features ({sorted(features)})")
+    keep_mods = _pattern_keep(pattern, features)
     out_f, out_m = {}, {}
     for m, x in features.items():
         x = np.asarray(x)
@@ -352,17 +363,12 @@ def corrupt_split(split, *, rate: Any = 0.0, pattern: str = COMPLETE, seed: int 
         # float features only: a view with the new masks that zeroes the dropped frames batch by
         # batch, the same batches as the arrays below without a copy of the split per condition
         _check_arrays(split.features, split.masks)
-        missing = [m for m in keep_mods if m not in split.features]
-        if missing:
-            raise ValueError(f"pattern {pattern!r} needs modality {missing[0]!r}, which is not in features "
-                             f"({sorted(split.features)})")
+        _pattern_keep(pattern, split.features)
         seed = _check_seed(seed)
         masks = {}
-        for m, x in split.features.items():
+        for m in split.features:
             k = np.asarray(split.masks[m])
-            r = _rate_for(rate, m, np.asarray(x).shape[0])
-            u = _rng(seed, m, _STREAM_EVAL, 0).random(k.shape)
-            masks[m] = k & (u >= r[:, None]) if m in keep_mods else np.zeros(k.shape, dtype=bool)
+            masks[m] = k & _kept(k, rate, m, seed) if m in keep_mods else np.zeros(k.shape, dtype=bool)
         return split.with_masks(masks, name=f"{split.name}{suffix},{pattern}")
     if mode == "tfr":
         f, k = tfr_drop(split.features, split.masks, rate, seeds=seed)

@@ -325,3 +325,14 @@ def test_every_rank_runs_the_same_batches(n):
         assert len({len(s) for s in shards}) == 1
         assert len(np.concatenate(shards)) == n - (n % world if world > 1 else 0)
         assert len(np.unique(np.concatenate(shards))) == len(np.concatenate(shards))
+
+
+def test_the_batch_check_refuses_labels_of_another_length_and_names_nan_labels():
+    from fsrf.training import trainer
+
+    good = {"text": torch.zeros(2, 3, 4)}
+    with pytest.raises(ValueError, match=r"labels must be a tensor with one row per sample \(2, \.\.\.\); got \(3,\)"):
+        trainer._check_batch_finite(good, torch.zeros(3))
+    with pytest.raises(ValueError, match="labels contains NaN or Inf"):
+        trainer._check_batch_finite(good, torch.tensor([0.0, float("nan")]))
+    trainer._check_batch_finite(good, torch.tensor([0, 1]))  # class indices: nothing to check for NaN

@@ -120,6 +120,32 @@ def test_the_command_line_with_an_exported_model(run, tiny, tmp_path, capsys):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_the_command_line_with_a_hub_repo_id(run, tiny, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import huggingface_hub
+
+    # offline: the repo sits in the Hub's cache as a download leaves it, at one commit of main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "model")]) == 0
+    repo = tmp_path / "cache" / "models--someone--fsrf-tiny"
+    shutil.copytree(tmp_path / "model", repo / "snapshots" / ("b" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    assert cli.main(["predict", "--model", "someone/fsrf-tiny", "--data", str(tiny), "--split", "test",
+                     "--no-progress", "--out", str(tmp_path / "pred")]) == 0
+    assert "predicted 16 samples of test" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "pred" / "predictions.json").read_text())["rows"]
+    np.testing.assert_allclose([r["prediction"] for r in rows], _expected(run, load_mmsa(tiny).split("test")),
+                               rtol=1e-5, atol=1e-6)
+    assert cli.main(["predict", "--model", "someone/absent", "--data", str(tiny), "--out", str(tmp_path / "p2")]) != 0
+    err = capsys.readouterr().err
+    assert "'someone/absent' is no folder here" in err and "\n" not in err.strip()
+
+
 def test_bad_input_is_one_line_naming_what_is_wrong(run, tiny, tmp_path, capsys):
     wide = _variant(tiny, tmp_path / "wide.pkl",
                     lambda obj: obj["test"].update(audio=np.zeros((16, 6, 9), dtype=np.float32)))

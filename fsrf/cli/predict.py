@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
                                    "the label when the file has one) in predictions.csv and predictions.json. The "
                                    "file may have any of the splits, no labels, a modality missing (key absent) or "
                                    "missing for some samples (length 0 or all-zero frames).")
-    p.add_argument("--model", required=True, help="a run folder (best.pt), a checkpoint file, or a folder written by "
-                                                  "fsrf export")
+    p.add_argument("--model", required=True, help="a run folder (best.pt), a checkpoint file, a folder written by "
+                                                  "fsrf export, or a Hugging Face Hub repo id (user/repo) of one")
     p.add_argument("--data", required=True, help="MMSA-format feature pickle")
     p.add_argument("--split", default=None, help="comma list of splits to predict (default: every split in the file)")
     p.add_argument("--out", required=True, help="output folder for predictions.csv and predictions.json")

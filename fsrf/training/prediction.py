@@ -40,13 +40,14 @@ def _model_dims(model: nn.Module) -> dict[str, int] | None:
 
 
 def load_predictor(source: str | os.PathLike | nn.Module, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """``(model in eval mode, info)`` from a model, a pretrained folder, a run folder or a checkpoint.
+    """``(model in eval mode, info)`` from a model, a pretrained folder, a Hugging Face Hub repo id
+    (``"user/repo"``, when no such path exists here), a run folder or a checkpoint.
 
     ``info`` holds ``modality_dims`` and ``source``. A folder of several seeds is refused: give one
     seed's folder (``<run>/seed_<seed>``).
     """
     from fsrf.models import from_pretrained
-    from fsrf.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+    from fsrf.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, _is_repo_id
     from fsrf.training.checkpoint import resolve_checkpoints
     from fsrf.training.trainer import load_model
 
@@ -58,6 +59,9 @@ def load_predictor(source: str | os.PathLike | nn.Module, device: str = "cpu") -
         return source.eval(), {"modality_dims": dims, "source": type(source).__name__}
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"model must be a path or an nn.Module; got {type(source).__name__}")
+    if _is_repo_id(source):
+        model = from_pretrained(source, device=device)
+        return model, {"modality_dims": _model_dims(model), "source": f"hf://{source}"}
     path = Path(os.fspath(source))
     if path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
         model = from_pretrained(path, device=device)

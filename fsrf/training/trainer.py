@@ -133,12 +133,6 @@ def set_deterministic(seed: int) -> None:
 
 
 # -- distributed helpers ---------------------------------------------------------------------
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def init_distributed(device: str) -> tuple[int, int, str]:
     """Initialise torch.distributed from torchrun's environment (``gloo`` on CPU, ``nccl`` on CUDA).
 

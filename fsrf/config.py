@@ -34,7 +34,7 @@ POOLINGS: dict[str, tuple[bool, bool, str]] = {
 
 #: The version :meth:`FSRFConfig.to_dict` writes. Version 1 (no ``config_version`` key) is every
 #: config saved before versions existed; :data:`MIGRATIONS` upgrades it step by step.
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 #: The fields of each group, in the order the grouped form (:meth:`FSRFConfig.to_dict` with
 #: ``grouped=True``, :meth:`FSRFConfig.to_json`) writes them.
@@ -77,6 +77,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "shared_pool": "mean",
     "dequantize_labels": False,
     "w_pred": 0.0,
+    "proj_norm": True,
 }
 
 # Version 1 was upgraded by the absence of a key: a field a saved dict lacks was written before the
@@ -122,9 +123,16 @@ def _v1_to_v2(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
     return d
 
 
+def _v2_to_v3(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
+    """Version 2 -> 3: ``proj_norm``'s default became ``False`` (issue 29's regime matrix), so a
+    version-2 dict without the field meant the LayerNorm. Every version-2 dict fsrf wrote has it;
+    this keeps a hand-written one as its author read it."""
+    return {"proj_norm": True, **d}
+
+
 #: ``version -> step`` upgrading a dict of that version to the next (``fill_absent``: the dict was
 #: saved with a model, so a missing field predates the field).
-MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(d: Mapping[str, Any], *, saved: bool) -> dict[str, Any]:
@@ -203,9 +211,10 @@ class FSRFConfig:
     architecture
         ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the fused
         output, default d), ``conv_kernel`` (odd temporal kernel of the input projection, one int or
-        ``{modality: int}``; 1 is a ``Linear``), ``proj_norm`` (a LayerNorm on every projected frame,
-        ``u_m = LN(W x_m)``, as first reconstructed; ``False``: the projection alone, under trial in
-        issue 29's regime matrix), ``encoder_layers`` (0: one masked cross-modal
+        ``{modality: int}``; 1 is a ``Linear``), ``proj_norm`` (``True``: a LayerNorm on every
+        projected frame, ``u_m = LN(W x_m)``, as first reconstructed and before config version 3;
+        the default ``False`` is the projection alone, decided on issue 29's regime matrix),
+        ``encoder_layers`` (0: one masked cross-modal
         attention per modality with a residual; L > 0: per modality L pre-norm blocks of masked
         temporal self-attention, then L cross-modal blocks, each with a feed-forward network),
         ``dropout`` (MLPs and blocks), ``attn_dropout``.
@@ -263,7 +272,7 @@ class FSRFConfig:
     d_factor: int | None = None
     d_out: int | None = None
     conv_kernel: int | dict[str, int] = 1
-    proj_norm: bool = True
+    proj_norm: bool = False
     encoder_layers: int = 0
     dropout: float = 0.1
     attn_dropout: float = 0.0

@@ -57,7 +57,9 @@ VARIANTS = {
     "A": ("FSRF simplest pooling and labels", {"pooling": "norm", "shared_pool": "mean", "dequantize_labels": False}),
     "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),
     "C": ("FSRF no warm-up", {"aux_warmup_steps": 0}),
-    "D": ("FSRF no projection LayerNorm", {"proj_norm": False}),
+    # D was run as {"proj_norm": False} against config version 2's defaults (commit ce0ed86); it won
+    # and became the default (version 3), so D is now the same comparison with the roles exchanged
+    "D": ("FSRF projection LayerNorm", {"proj_norm": True}),
     "E": ("FSRF aux_balance=1", {"aux_balance": 1.0}),
 }
 #: the built-in baselines FSRF must be non-inferior to
@@ -144,9 +146,10 @@ def _differences(merged: dict, variant: str, group: str, metric: str) -> np.ndar
 def rule_report(cells: dict[str, dict]) -> list[str]:
     """The rule of docs/research-log/14-regime-matrix.md for every variant in ``cells`` (cell ->
     merged results): condition 1 over all draws pooled (the two claimed groups, F1 and MAE, all four
-    means in the variant's favour and one one-sided p < 0.05), condition 2 per cell and group
-    (no two-sided p < 0.05 against it). Markdown lines; "wins" means the variant, not the default,
-    meets both conditions."""
+    means in one side's favour and one one-sided p < 0.05), condition 2 per cell and group (no
+    two-sided p < 0.05 against that side). Both sides are judged: "the variant wins" (it meets both;
+    what adopts an addition) and "the defaults keep their place" (they meet both against the
+    variant; what a default other than the simplest choice needs against the simplest). Markdown."""
     from scipy import stats
 
     from fsrf.training.comparison import default_specs
@@ -158,7 +161,8 @@ def rule_report(cells: dict[str, dict]) -> list[str]:
     for name in names:
         have = {c: m for c, m in cells.items() if name in m["summary"]}
         out += [f"## {name}", "", "| group | metric | pooled Δ | one-sided p | per cell (Δ, two-sided p) |", "|---|---|---|---|---|"]
-        claimed, worse = [], []
+        # per side (+1: the variant, -1: the defaults): claimed (mean in its favour, one-sided p < 0.05)
+        claimed, worse = {1: [], -1: []}, {1: [], -1: []}
         for group, label in GROUPS:
             for metric, sign in (("F1", 1.0), ("MAE", -1.0)):
                 per_cell, pooled = [], []
@@ -168,20 +172,28 @@ def rule_report(cells: dict[str, dict]) -> list[str]:
                     pooled.extend(sign * d)
                     p2 = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and d.std() > 0 else float("nan")
                     per_cell.append(f"{c}: {d.mean():+.3f} (p {p2:.3f})")
-                    if p2 < 0.05 and sign * d.mean() < 0:
-                        worse.append(f"{c} {label} {metric}")
+                    if p2 < 0.05:
+                        worse[1 if sign * d.mean() < 0 else -1].append(f"{c} {label} {metric}")
                 pooled = np.array(pooled)
-                p1 = (float(stats.ttest_1samp(pooled, 0.0, alternative="greater").pvalue)
-                      if len(pooled) > 1 and pooled.std() > 0 else float("nan"))
+                p1 = {side: (float(stats.ttest_1samp(side * pooled, 0.0, alternative="greater").pvalue)
+                             if len(pooled) > 1 and pooled.std() > 0 else float("nan")) for side in (1, -1)}
                 if group != "intra r<0.5":
-                    claimed.append((pooled.mean() > 0, p1 < 0.05))
-                out.append(f"| {label} | {metric} | {sign * pooled.mean():+.3f} (n = {len(pooled)}) | {p1:.3f} | "
+                    for side in (1, -1):
+                        claimed[side].append((side * pooled.mean() > 0, p1[side] < 0.05))
+                out.append(f"| {label} | {metric} | {sign * pooled.mean():+.3f} (n = {len(pooled)}) | {p1[1]:.3f} | "
                            + "; ".join(per_cell) + " |")
-        better = all(c[0] for c in claimed) and any(c[1] for c in claimed)
-        out += ["", f"Condition 1 (better where the method claims to help): {'met' if better else 'not met'}. "
-                f"Condition 2 (significantly worse nowhere): {'met' if not worse else 'not met: ' + ', '.join(worse)}. "
-                f"The variant {'wins' if better and not worse else 'does not win'} on the cells run "
-                f"({', '.join(have)}).", ""]
+        met = {side: (all(c[0] for c in claimed[side]) and any(c[1] for c in claimed[side]), not worse[side])
+               for side in (1, -1)}
+
+        def says(side):
+            one, two = met[side]
+            return (f"condition 1 (better where the method claims to help): {'met' if one else 'not met'}; "
+                    f"condition 2 (significantly worse nowhere): {'met' if two else 'not met: ' + ', '.join(worse[side])}")
+
+        out += ["", f"The variant: {says(1)}. The variant {'wins' if all(met[1]) else 'does not win'} on the cells run "
+                f"({', '.join(have)}).", "",
+                f"The defaults against it: {says(-1)}. The defaults {'keep' if all(met[-1]) else 'do not keep'} "
+                "their place against it (what decides when the variant holds the simplest choice).", ""]
     return out
 
 

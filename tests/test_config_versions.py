@@ -23,12 +23,12 @@ V1 = json.loads((ROOT / "tests/fixtures/configs_v1.json").read_text())["configs"
 # normalised, the reconstruction target was not detached, there was no warm-up, no modality
 # dropout, no availability flags, recovery learned from view B only, the pooled features were plain
 # masked means combined by a mean, labels were used as given, batch statistics were per process,
-# and the encoder was the single cross-modal attention.
+# the encoder was the single cross-modal attention, and every projected frame went through a LayerNorm.
 BEFORE_V1 = {
     "rec_detach_target": False, "orth_reduction": "sum", "hom_reduction": "sum", "mmd_normalize": False,
     "aux_warmup_steps": 0, "modality_dropout": 0.0, "fusion_availability": False, "recovery_loss": "view",
     "global_batch": False, "pool_norm": False, "shared_pool": "mean", "pool_shrink": False, "private_pool": "same",
-    "dequantize_labels": False, "w_pred": 0.0, "encoder_layers": 0, "aux_warmup_epochs": 0.0,
+    "dequantize_labels": False, "w_pred": 0.0, "encoder_layers": 0, "aux_warmup_epochs": 0.0, "proj_norm": True,
 }
 DIMS = {"text": 6, "audio": 4, "vision": 3}
 
@@ -104,7 +104,7 @@ def test_version_1_pooling_keywords_set_the_one_pooling_choice():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"config_version": 3}, "config_version must be an int in \\[1, 2\\]"),
+    ({"config_version": 4}, "config_version must be an int in \\[1, 3\\]"),
     ({"config_version": 0}, "config_version"), ({"config_version": "2"}, "config_version"),
     ({"config_version": True}, "config_version"),
     ({"architecture": {"w_kl": 1.0}}, "group 'architecture' has no field"),
@@ -120,7 +120,17 @@ def test_the_constructor_takes_only_the_current_version():
     with pytest.raises(ValueError, match="from_saved"):
         FSRFConfig(config_version=1)
     assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
-    assert FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}}) == FSRFConfig()
+    # the last version-1 default differs from today's only by the projection's LayerNorm (version 3)
+    assert FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}}) == FSRFConfig(proj_norm=True)
+
+
+def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
+    v2 = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k != "proj_norm"}
+    v2["config_version"] = 2
+    assert FSRFConfig.from_saved(v2).proj_norm is True and FSRFConfig.from_dict(v2).proj_norm is True
+    assert FSRFConfig.from_dict({**v2, "proj_norm": False}).proj_norm is False
+    assert FSRFConfig().proj_norm is False and FSRFConfig.from_dict({"d_model": 16}).proj_norm is False
+    assert FSRFConfig.from_saved(FSRFConfig(proj_norm=True).to_dict()).proj_norm is True
 
 
 def test_a_stored_run_of_an_earlier_fsrf_counts_as_the_same_model():

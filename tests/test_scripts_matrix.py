@@ -26,7 +26,7 @@ def test_one_cell_runs_tiny_and_writes_the_summary(tmp_path):
     assert "2 replicates" in merged and "FSRF enc2" in merged
     assert sorted(p.name for p in (tmp_path / "sims-content").glob("d*")) == ["d101", "d102"]
     rule = (tmp_path / "rule.md").read_text(encoding="utf-8")
-    assert "## FSRF enc2" in rule and "Condition 2" in rule
+    assert "## FSRF enc2" in rule and "condition 2" in rule
 
 
 def test_the_rule_report_computes_the_paired_differences_and_both_conditions():
@@ -47,12 +47,20 @@ def test_the_rule_report_computes_the_paired_differences_and_both_conditions():
     cells = {"a": cell("mosei", {g: good for g, _ in mod.GROUPS}), "b": cell("sims", {g: good for g, _ in mod.GROUPS})}
     text = "\n".join(mod.rule_report(cells))
     assert "The variant wins" in text and "+0.025 (n = 6)" in text
+    assert "The defaults do not keep their place" in text and "not met: a r ≥ 0.5 F1" in text
     bad = [(-0.05, 0.05), (-0.06, 0.06), (-0.055, 0.055)]  # significantly worse at r < 0.5 on cell b
     cells["b"] = cell("sims", {"intra r>=0.5": good, "inter (7 patterns)": good, "intra r<0.5": bad})
     text = "\n".join(mod.rule_report(cells))
     assert "not met: b r < 0.5 F1, b r < 0.5 MAE" in text and "does not win" in text
+    # the variant better at r >= 0.5 and over the patterns on both cells: the defaults lose there too
+    assert "The defaults do not keep their place" in text
     cells = {"a": cell("mosei", {g: flat for g, _ in mod.GROUPS})}
-    assert "Condition 1 (better where the method claims to help): not met" in "\n".join(mod.rule_report(cells))
+    text = "\n".join(mod.rule_report(cells))
+    assert text.count("condition 1 (better where the method claims to help): not met") == 2
+    assert "The variant does not win" in text and "The defaults do not keep their place" in text
+    worse = [(-0.02, 0.02), (-0.03, 0.01), (-0.025, 0.015)]  # the variant worse everywhere: the defaults keep
+    text = "\n".join(mod.rule_report({"a": cell("mosei", {g: worse for g, _ in mod.GROUPS})}))
+    assert "The defaults keep their place" in text and "The variant does not win" in text
 
 
 @pytest.mark.parametrize("argv, match", [

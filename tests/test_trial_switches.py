@@ -1,6 +1,7 @@
-"""The switches under trial in issue 29's regime matrix, off by default: ``proj_norm=False`` (no
-LayerNorm on the projected frames) and ``aux_balance`` (each auxiliary term capped at a share of
-the task loss). Checked against float64 formulas written here."""
+"""Two switches of issue 29's regime matrix: ``proj_norm`` (the projected frames without a
+LayerNorm, the default since config version 3; ``True`` adds it) and ``aux_balance`` (off by
+default, under trial: each auxiliary term capped at a share of the task loss). Checked against
+float64 formulas written here."""
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def _batch(B=10, seed=0):
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_without_proj_norm_a_frame_is_its_projection_alone(kernel):
     torch.manual_seed(0)
-    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel, proj_norm=False)).double()
+    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel)).double()
     assert not any(".norm." in k for k in layer.state_dict() if k.startswith("proj."))
     x = _batch()[0]["text"]
     p = layer.proj["text"].proj
@@ -33,9 +34,11 @@ def test_without_proj_norm_a_frame_is_its_projection_alone(kernel):
         want = torch.stack([sum(xp[:, t + j] @ p.weight[:, :, j].T for j in range(3)) + p.bias
                             for t in range(x.shape[1])], dim=1)
     torch.testing.assert_close(layer.proj["text"](x), want, rtol=1e-12, atol=1e-12)
-    with_norm = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel)).double()
-    u = with_norm.proj["text"](x)
-    torch.testing.assert_close(u.mean(-1), torch.zeros_like(u.mean(-1)), rtol=0, atol=1e-12)
+    with_norm = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel, proj_norm=True)).double()
+    u, lin = with_norm.proj["text"](x), with_norm.proj["text"].proj
+    h = x @ lin.weight.T + lin.bias if kernel == 1 else lin(x.transpose(1, 2)).transpose(1, 2)
+    want = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(u, want, rtol=1e-10, atol=1e-10)  # LayerNorm's affine starts at 1 and 0
 
 
 def test_aux_balance_caps_every_weighted_term_at_its_share_of_the_task_loss():

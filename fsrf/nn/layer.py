@@ -57,10 +57,10 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 
 class _Projection(nn.Module):
-    """u_m = LayerNorm(Conv1d_k(x_m)) (a Linear when k = 1), §1.1; without the LayerNorm when
-    ``norm`` is False (``FSRFConfig.proj_norm``)."""
+    """u_m = Conv1d_k(x_m) (a Linear when k = 1), §1.1; LayerNorm(Conv1d_k(x_m)) when ``norm`` is
+    True (``FSRFConfig.proj_norm``)."""
 
-    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = True) -> None:
+    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = False) -> None:
         super().__init__()
         self.kernel = kernel
         if kernel == 1:

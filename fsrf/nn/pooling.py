@@ -72,7 +72,7 @@ class _RunningPool(nn.Module):
             raise ValueError(f"momentum must be a number in (0, 1]; got {momentum!r}")
         self.dim, self.momentum, self.global_batch = dim, float(momentum), global_batch
         self.register_buffer("center", torch.zeros(dim))
-        # frames leave the per-frame LayerNorm of the projection with unit variance per feature
+        # a first guess (a LayerNorm'd frame's unit variance per feature): the first batch replaces it
         self.register_buffer("noise_var", torch.ones(dim) if self._per_feature_noise else torch.tensor(float(dim)))
         self.register_buffer("tracked", torch.zeros(2, dtype=torch.long))  # batches behind each estimate
 

@@ -26,7 +26,10 @@ Sizing (measured on the 2-core CPU machine, seconds per epoch at 400 training sa
 FSRF 2.8 / 5.9 / 2.7 (aligned / unaligned MOSEI / SIMS), MulT 2.0 / 11.3 / 5.4, late fusion 0.3;
 ``encoder_layers=2`` 5.0 / 32 / 14. With the four models the four cells take about 2 h 45 min on
 that machine, each FSRF variant about 45 min more (an ``encoder_layers=2`` variant about 2 h): the
-matrix with three variants reruns in about six hours there. Sample counts, widths and epochs are
+matrix with three variants reruns in about six hours there. Run 1 (2026-12-07, median seconds per
+training with its evaluation, factor / events / sims-content / content-4x cells) took less: FSRF
+29 / 107 / 72 / 82, MulT 39 / 171 / 95 / 122, late fusion 3 / 5 / 4 / 8, so about 1 h 30 min for
+the four models and about 25 min for each FSRF variant. Sample counts, widths and epochs are
 what was sized, never the layouts' lengths; ``--scale S`` multiplies the sample counts (a GPU runs
 the full-size version with ``--scale 4 --device cuda``). ``--tiny`` is a seconds-long check of the
 script itself (tests).

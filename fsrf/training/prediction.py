@@ -59,13 +59,10 @@ def load_predictor(source: str | os.PathLike | nn.Module, device: str = "cpu") -
         return source.eval(), {"modality_dims": dims, "source": type(source).__name__}
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"model must be a path or an nn.Module; got {type(source).__name__}")
-    if _is_repo_id(source):
-        model = from_pretrained(source, device=device)
-        return model, {"modality_dims": _model_dims(model), "source": f"hf://{source}"}
     path = Path(os.fspath(source))
-    if path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-        model = from_pretrained(path, device=device)
-        return model, {"modality_dims": _model_dims(model), "source": str(path)}
+    if _is_repo_id(source) or (path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()):
+        model = from_pretrained(source, device=device)
+        return model, {"modality_dims": _model_dims(model), "source": os.fspath(source)}
     found = resolve_checkpoints(path)
     if len(found) != 1:
         seeds = ", ".join(f"seed_{s}" for s in found)

@@ -113,6 +113,12 @@ def _paired_p(d: np.ndarray) -> tuple[float, float]:
     return float(2 * stats.t.sf(abs(d.mean()) / se, n - 1)), float(stats.t.sf((d.mean() + MARGIN) / se, n - 1))
 
 
+def _best_baseline(summ: dict, group: str, metric: str, sign: float) -> str | None:
+    """The built-in baseline with the best mean on ``group``'s ``metric`` (sign +1: higher is better)."""
+    base = [b for b in BASELINES if b in summ and group in summ[b]]
+    return max(base, key=lambda b: sign * summ[b][group]["mean"][metric]) if base else None
+
+
 def summarise_cell(merged: dict) -> list[str]:
     """Markdown rows: FSRF against the best built-in baseline and against FSRF w/o aux terms."""
     from fsrf.training.comparison import NO_AUX_NAME
@@ -123,8 +129,7 @@ def summarise_cell(merged: dict) -> list[str]:
     for group, label in GROUPS:
         for metric, sign in ((f1, 1.0), ("MAE", -1.0)):
             ref = summ["FSRF"][group]
-            base = [b for b in BASELINES if b in summ and group in summ[b]]
-            best = max(base, key=lambda b: sign * summ[b][group]["mean"][metric]) if base else None
+            best = _best_baseline(summ, group, metric, sign)
             cells = [f"{ref['mean'][metric]:.3f}"]
             for other in (best, NO_AUX_NAME if NO_AUX_NAME in summ else None):
                 if other is None:
@@ -138,6 +143,63 @@ def summarise_cell(merged: dict) -> list[str]:
                              f"NI p {p_ni:.3f})")
             rows.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
     return rows
+
+
+ROLES = ("FSRF", "best built-in baseline", "FSRF w/o aux terms")
+
+
+def figure_points(cells: dict[str, dict]) -> list[tuple[str, str, str, str, str, float, float]]:
+    """What ``OUT/summary.png`` draws: ``(cell, group label, metric, role, model, mean, std)`` for the
+    :data:`ROLES` — FSRF, the cell's best built-in baseline on that group and metric (as in
+    :func:`summarise_cell`) and FSRF w/o aux terms — over the two claimed groups; mean and sample
+    std over the draws."""
+    from fsrf.training.comparison import NO_AUX_NAME
+
+    out = []
+    for cell, merged in cells.items():
+        summ = merged["summary"]
+        f1 = "F1_score" if merged["meta"].get("dataset") == "sims" else "Has0_F1_score"
+        for group, label in GROUPS[:2]:
+            for metric, sign in ((f1, 1.0), ("MAE", -1.0)):
+                best = _best_baseline(summ, group, metric, sign)
+                for role, model in zip(ROLES, ("FSRF", best, NO_AUX_NAME)):
+                    if model is None or model not in summ or group not in summ[model]:
+                        continue
+                    v = np.array([r[metric] for r in summ[model][group]["per_seed"].values()])
+                    out.append((cell, label, "F1" if metric == f1 else "MAE", role, model, float(v.mean()),
+                                float(v.std(ddof=1)) if len(v) > 1 else 0.0))
+    return out
+
+
+def plot_summary(cells: dict[str, dict], path) -> None:
+    """The matrix at a glance, written atomically as PNG: one panel per claimed group and metric,
+    the cells along x, FSRF / best built-in baseline / FSRF w/o aux terms as points with ± std over
+    the draws (the baseline is the best one of that cell, so its name is in the per-cell tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from fsrf.runtime.io import atomic_write
+
+    pts = {(c, g, m, r): (mean, std) for c, g, m, r, _, mean, std in figure_points(cells)}
+    names = list(cells)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), squeeze=False)
+    for ax, (label, metric) in zip(axes.flat, [(g, m) for _, g in GROUPS[:2] for m in ("F1", "MAE")]):
+        for k, role in enumerate(ROLES):
+            at = [(i, pts[c, label, metric, role]) for i, c in enumerate(names) if (c, label, metric, role) in pts]
+            if at:
+                ax.errorbar([i + (k - 1) * 0.22 for i, _ in at], [v[0] for _, v in at], yerr=[v[1] for _, v in at],
+                            fmt="os^"[k], capsize=3, label=role)
+        ax.set_xticks(range(len(names)), names, rotation=12, fontsize=8)
+        ax.set_title(f"{metric} over {label}" + (" (lower is better)" if metric == "MAE" else ""))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def _differences(merged: dict, variant: str, group: str, metric: str) -> np.ndarray:
@@ -269,6 +331,7 @@ def main(argv=None) -> int:
                     *summarise_cell(merged), ""]
     atomic_write_text(out / "summary.md", "\n".join(summary) + "\n")
     atomic_write_text(out / "rule.md", "\n".join(rule_report(merged_cells)) + "\n")
+    plot_summary(merged_cells, out / "summary.png")
     print(f"wrote {out}/summary.md")
     return 0
 

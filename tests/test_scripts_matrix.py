@@ -27,6 +27,32 @@ def test_one_cell_runs_tiny_and_writes_the_summary(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sims-content").glob("d*")) == ["d101", "d102"]
     rule = (tmp_path / "rule.md").read_text(encoding="utf-8")
     assert "## FSRF enc2" in rule and "condition 2" in rule
+    import matplotlib.image
+
+    png = matplotlib.image.imread(tmp_path / "summary.png")
+    assert png.ndim == 3 and png.shape[0] > 300 and png.shape[1] > 500
+
+
+def test_the_figure_draws_fsrf_the_best_baseline_per_group_and_the_ablation():
+    mod = _module()
+    from fsrf.training.comparison import NO_AUX_NAME
+
+    def model(f1s, maes):
+        per = {f"d{i}": {"Has0_F1_score": f, "MAE": m} for i, (f, m) in enumerate(zip(f1s, maes))}
+        return {g: {"per_seed": per, "mean": {"Has0_F1_score": sum(f1s) / len(f1s), "MAE": sum(maes) / len(maes)}}
+                for g, _ in mod.GROUPS}
+
+    # MulT has the better F1, late fusion the better MAE: each group and metric names its own best
+    summ = {"FSRF": model([0.70, 0.72, 0.74], [1.0, 0.9, 0.8]), "MulT": model([0.75, 0.75, 0.78], [1.2, 1.2, 1.2]),
+            "late fusion": model([0.60, 0.61, 0.62], [0.7, 0.8, 0.9]), NO_AUX_NAME: model([0.7, 0.7, 0.7], [1, 1, 1])}
+    pts = mod.figure_points({"c": {"meta": {"dataset": "mosei"}, "summary": summ}})
+    assert len(pts) == 2 * 2 * 3  # claimed groups x metrics x roles
+    got = {(g, m, r): (name, mean, std) for _, g, m, r, name, mean, std in pts}
+    assert got["7 patterns", "F1", "best built-in baseline"][0] == "MulT"
+    assert got["r ≥ 0.5", "MAE", "best built-in baseline"][0] == "late fusion"
+    name, mean, std = got["7 patterns", "F1", "FSRF"]
+    assert name == "FSRF" and mean == pytest.approx(0.72) and std == pytest.approx(0.02)  # sample std of .70 .72 .74
+    assert got["r ≥ 0.5", "MAE", "FSRF w/o aux terms"][1:] == pytest.approx((1.0, 0.0))
 
 
 def test_the_rule_report_computes_the_paired_differences_and_both_conditions():

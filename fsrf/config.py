@@ -4,8 +4,9 @@ groups, with a version and explicit upgrades of every version ever saved."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import functools
+import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -34,7 +35,7 @@ POOLINGS: dict[str, tuple[bool, bool, str]] = {
 
 #: The version :meth:`FSRFConfig.to_dict` writes. Version 1 (no ``config_version`` key) is every
 #: config saved before versions existed; :data:`MIGRATIONS` upgrades it step by step.
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 
 #: The fields of each group, in the order the grouped form (:meth:`FSRFConfig.to_dict` with
 #: ``grouped=True``, :meth:`FSRFConfig.to_json`) writes them.
@@ -47,8 +48,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                     "mmd_normalize"),
     "distillation": ("w_kl", "w_dist", "w_recov", "w_pred", "kl_temperature", "kl_stop_grad", "view_rate",
                      "view_inter_prob", "recovery_loss"),
-    "training": ("task_loss", "dequantize_labels", "aux_warmup_steps", "aux_warmup_epochs", "aux_balance",
-                 "modality_dropout"),
+    "training": ("task_loss", "dequantize_labels", "aux_warmup_steps", "aux_warmup_epochs", "modality_dropout"),
     "fusion": ("pooling", "shared_pool", "fusion_availability"),
     "execution": ("global_batch", "backend"),
 }
@@ -130,9 +130,24 @@ def _v2_to_v3(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
     return {"proj_norm": True, **d}
 
 
+def _v3_to_v4(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
+    """Version 3 -> 4 (issue 29's regime matrix, run 2): ``aux_balance`` (a cap on each auxiliary
+    term, on trial in version 3) changed nothing on the matrix and was removed. It only shaped the
+    training loss, so a saved model that used it loads as trained, with a warning that further
+    training runs without the cap; a hand-written dict asking for it is refused."""
+    balance = d.pop("aux_balance", 0.0)
+    if balance:
+        msg = (f"FSRFConfig.aux_balance was removed in config version 4 (it changed nothing on the regime matrix, "
+               f"docs/research-log/14-regime-matrix.md); got aux_balance={balance!r}")
+        if not fill_absent:
+            raise ValueError(msg)
+        warnings.warn(msg + ": the model loads as trained; training it further runs without the cap", stacklevel=4)
+    return d
+
+
 #: ``version -> step`` upgrading a dict of that version to the next (``fill_absent``: the dict was
 #: saved with a model, so a missing field predates the field).
-MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(d: Mapping[str, Any], *, saved: bool) -> dict[str, Any]:
@@ -242,12 +257,10 @@ class FSRFConfig:
         ``dequantize_labels`` (regression: the task loss sees each label plus U(-h, h) noise, h half
         the annotation grid's step, :class:`fsrf.models.label_grid.LabelDequantizer`),
         ``aux_warmup_steps`` (every auxiliary weight ramps linearly from 0 over this many steps; 0 is
-        off), ``aux_warmup_epochs`` (> 0: the ramp lasts this many epochs instead, whatever the
-        data's size; the trainer gives the epoch's length), ``aux_balance`` (κ > 0: each weighted
-        auxiliary term ``w·L`` is scaled by the detached factor ``min(1, κ·L_task / (w·L))``, so that
-        no term's loss exceeds κ times view A's task loss whatever the data's scale; 0, the default, is
-        off; under trial in issue 29's regime matrix), ``modality_dropout`` (probability that a
-        view-A training sample loses one or two whole modalities).
+        off), ``aux_warmup_epochs`` (> 0: the ramp lasts this
+        many epochs instead, whatever the data's size; the trainer gives the epoch's length),
+        ``modality_dropout`` (probability that a view-A training sample loses one or two whole
+        modalities).
     fusion
         ``pooling`` (a key of :data:`POOLINGS`: ``"norm"``, a LayerNorm on each pooled ``z_m`` so
         that a mean over few frames is not larger; ``"mean"``, the plain masked mean; ``"shrink"``,
@@ -310,7 +323,6 @@ class FSRFConfig:
     dequantize_labels: bool = True
     aux_warmup_steps: int = 200
     aux_warmup_epochs: float = 0.0
-    aux_balance: float = 0.0
     modality_dropout: float = 0.3
 
     pooling: str = "norm+private-shrink"
@@ -384,7 +396,6 @@ class FSRFConfig:
             raise ValueError(f"FSRFConfig.recovery_loss must be one of {RECOVERY_LOSSES}; got {self.recovery_loss!r}")
         _int("aux_warmup_steps", 0)
         _num("aux_warmup_epochs", 0.0)
-        _num("aux_balance", 0.0)
         if self.global_batch is not None and not isinstance(self.global_batch, bool):
             raise TypeError(f"FSRFConfig.global_batch must be True, False or None; got {self.global_batch!r}")
         _num("modality_dropout", 0.0, 1.0)
@@ -425,20 +436,13 @@ class FSRFConfig:
             return int(self.conv_kernel.get(name, 1))
         return int(self.conv_kernel)
 
-    def weighted_aux(self, terms: Mapping[str, Any], zero: Any = 0.0, cap: Any = None) -> Any:
+    def weighted_aux(self, terms: Mapping[str, Any], zero: Any = 0.0) -> Any:
         """``Σ w_k · terms[k]`` over the auxiliary terms of :data:`AUX_WEIGHTS` present in ``terms``
-        (tensors or numbers; other keys, such as the task terms, are ignored); ``zero`` when none is.
-
-        ``cap`` (a tensor; ``aux_balance`` × the task loss): each weighted term is scaled by the
-        detached ``min(1, cap / |w·L|)``, so its value is at most ``cap`` and its gradient keeps its
-        direction."""
+        (tensors or numbers; other keys, such as the task terms, are ignored); ``zero`` when none is."""
         total = zero
         for key, weight in AUX_WEIGHTS.items():
             if key in terms:
-                term = getattr(self, weight) * terms[key]
-                if cap is not None:
-                    term = term * (cap.detach() / term.detach().abs().clamp_min(1e-12)).clamp(max=1.0)
-                total = total + term
+                total = total + getattr(self, weight) * terms[key]
         return total
 
     # -- (de)serialisation ------------------------------------------------------------------

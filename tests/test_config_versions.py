@@ -104,7 +104,7 @@ def test_version_1_pooling_keywords_set_the_one_pooling_choice():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"config_version": 4}, "config_version must be an int in \\[1, 3\\]"),
+    ({"config_version": 5}, "config_version must be an int in \\[1, 4\\]"),
     ({"config_version": 0}, "config_version"), ({"config_version": "2"}, "config_version"),
     ({"config_version": True}, "config_version"),
     ({"architecture": {"w_kl": 1.0}}, "group 'architecture' has no field"),
@@ -131,6 +131,25 @@ def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
     assert FSRFConfig.from_dict({**v2, "proj_norm": False}).proj_norm is False
     assert FSRFConfig().proj_norm is False and FSRFConfig.from_dict({"d_model": 16}).proj_norm is False
     assert FSRFConfig.from_saved(FSRFConfig(proj_norm=True).to_dict()).proj_norm is True
+
+
+def _version_3(**changes):
+    """A flat dict as config version 3 wrote it: every field of then, ``aux_balance`` included."""
+    d = {**FSRFConfig(d_model=16).to_dict(), "config_version": 3, "aux_balance": 0.0, **changes}
+    return {k: v for k, v in d.items() if v is not None or k in ("view_rate", "global_batch")}
+
+
+def test_version_3_dicts_drop_the_removed_aux_balance():
+    v3 = _version_3()
+    assert FSRFConfig.from_saved(v3) == FSRFConfig(d_model=16) == FSRFConfig.from_dict(v3)
+    # a saved model trained with the cap loads as trained (it only shaped the loss), and says so
+    with pytest.warns(UserWarning, match=r"aux_balance was removed in config version 4.*got aux_balance=1\.0"):
+        assert FSRFConfig.from_saved(_version_3(aux_balance=1.0)) == FSRFConfig(d_model=16)
+    # asked for by hand it is refused, by name, in either form
+    with pytest.raises(ValueError, match="aux_balance was removed in config version 4"):
+        FSRFConfig.from_dict(_version_3(aux_balance=0.5))
+    with pytest.raises(TypeError, match="aux_balance"):
+        FSRFConfig(aux_balance=1.0)
 
 
 def test_a_stored_run_of_an_earlier_fsrf_counts_as_the_same_model():

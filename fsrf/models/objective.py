@@ -273,8 +273,7 @@ class FSRFObjective(nn.Module):
             self.steps.add_(1)
         else:
             scale = self.aux_scale()
-        cap = cfg.aux_balance * parts["task_a"].detach() if cfg.aux_balance > 0 else None
-        total = parts["task_a"] + parts["task_b"] + scale * cfg.weighted_aux(parts, zero=zero, cap=cap)
+        total = parts["task_a"] + parts["task_b"] + scale * cfg.weighted_aux(parts, zero=zero)
         parts["aux_scale"] = scale
         parts = {k: v.detach() for k, v in parts.items()}
         parts["total"] = total.detach()

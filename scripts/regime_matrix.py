@@ -36,7 +36,7 @@ script itself (tests).
 
 ``--variant NAME=JSON`` adds FSRF with those FSRFConfig fields changed, e.g.
 ``--variant 'FSRF private=same={"private_pool": "same"}'``: what the rule compares with the defaults.
-``--variant A`` (a letter of :data:`VARIANTS`) adds a variant written down in
+``--variant A`` (a key of :data:`VARIANTS`) adds a variant written down in
 docs/research-log/14-regime-matrix.md before its runs. ``OUT/rule.md`` applies the rule to every
 variant present: against the defaults, paired over all draws of the cells run and per cell.
 """
@@ -58,6 +58,10 @@ CELLS = {
 #: The variants of docs/research-log/14-regime-matrix.md, by the letter that file gives them.
 VARIANTS = {
     "A": ("FSRF simplest pooling and labels", {"pooling": "norm", "shared_pool": "mean", "dequantize_labels": False}),
+    # A neither won nor lost (run 2), so by step 2 of the order each of its switches runs alone
+    "A1": ("FSRF pooling=norm", {"pooling": "norm"}),
+    "A2": ("FSRF shared_pool=mean", {"shared_pool": "mean"}),
+    "A3": ("FSRF dequantize_labels=False", {"dequantize_labels": False}),
     "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),
     "C": ("FSRF no warm-up", {"aux_warmup_steps": 0}),
     # D was run as {"proj_norm": False} against config version 2's defaults (commit ce0ed86); it won

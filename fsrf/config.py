@@ -131,10 +131,13 @@ def _v2_to_v3(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
 
 
 def _v3_to_v4(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
-    """Version 3 -> 4 (issue 29's regime matrix, run 2): ``aux_balance`` (a cap on each auxiliary
-    term, on trial in version 3) changed nothing on the matrix and was removed. It only shaped the
-    training loss, so a saved model that used it loads as trained, with a warning that further
-    training runs without the cap; a hand-written dict asking for it is refused."""
+    """Version 3 -> 4 (issue 29's regime matrix, run 2): ``pooling``'s default became ``"norm"``
+    (the private shrinkage pooling did not keep its place), so a version-3 dict without the field
+    meant ``"norm+private-shrink"``; ``aux_balance`` (a cap on each auxiliary term, on trial in
+    version 3) changed nothing on the matrix and was removed. It only shaped the training loss, so a
+    saved model that used it loads as trained, with a warning that further training runs without
+    the cap; a hand-written dict asking for it is refused."""
+    d = {"pooling": "norm+private-shrink", **d}
     balance = d.pop("aux_balance", 0.0)
     if balance:
         msg = (f"FSRFConfig.aux_balance was removed in config version 4 (it changed nothing on the regime matrix, "
@@ -325,7 +328,7 @@ class FSRFConfig:
     aux_warmup_epochs: float = 0.0
     modality_dropout: float = 0.3
 
-    pooling: str = "norm+private-shrink"
+    pooling: str = "norm"
     shared_pool: str = "gated"
     fusion_availability: bool = True
 

@@ -91,7 +91,9 @@ def test_no_field_is_unused():
 
 
 def test_version_1_pooling_keywords_set_the_one_pooling_choice():
-    assert FSRFConfig(pool_norm=False).pooling == "mean+private-shrink"
+    # a keyword changes its part of today's default ("norm" since config version 4)
+    assert FSRFConfig(pool_norm=False).pooling == "mean"
+    assert FSRFConfig(private_pool="shrink").pooling == "norm+private-shrink"
     assert FSRFConfig(pool_norm=False, pool_shrink=True, private_pool="wiener").pooling == "shrink"
     assert FSRFConfig(private_pool="same").pooling == "norm"
     assert FSRFConfig(pooling="mean", private_pool="wiener").pooling == "mean+private-wiener"
@@ -100,7 +102,8 @@ def test_version_1_pooling_keywords_set_the_one_pooling_choice():
         assert (cfg.pool_norm, cfg.pool_shrink, cfg.private_pool) == (norm, shrink, private)
         assert FSRFConfig(pool_norm=norm, pool_shrink=shrink, private_pool=private) == cfg
     assert dataclasses.replace(FSRFConfig(), pooling="mean").pooling == "mean"
-    assert FSRFConfig().replace(pool_norm=False).pooling == "mean+private-shrink"
+    assert FSRFConfig().replace(pool_norm=False).pooling == "mean"
+    assert FSRFConfig(pooling="norm+private-shrink").replace(pool_norm=False).pooling == "mean+private-shrink"
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -121,7 +124,9 @@ def test_the_constructor_takes_only_the_current_version():
         FSRFConfig(config_version=1)
     assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
     # the last version-1 default differs from today's only by the projection's LayerNorm (version 3)
-    assert FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}}) == FSRFConfig(proj_norm=True)
+    # and the private shrinkage pooling (version 4)
+    assert (FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}})
+            == FSRFConfig(proj_norm=True, pooling="norm+private-shrink"))
 
 
 def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
@@ -139,9 +144,13 @@ def _version_3(**changes):
     return {k: v for k, v in d.items() if v is not None or k in ("view_rate", "global_batch")}
 
 
-def test_version_3_dicts_drop_the_removed_aux_balance():
+def test_version_3_dicts_keep_their_pooling_and_drop_the_removed_aux_balance():
+    assert FSRFConfig().pooling == "norm"  # the default since version 4
     v3 = _version_3()
     assert FSRFConfig.from_saved(v3) == FSRFConfig(d_model=16) == FSRFConfig.from_dict(v3)
+    lacking = {k: v for k, v in v3.items() if k != "pooling"}  # hand-written: it meant version 3's default
+    assert FSRFConfig.from_dict(lacking).pooling == "norm+private-shrink"
+    assert FSRFConfig.from_saved(lacking).pooling == "norm+private-shrink"
     # a saved model trained with the cap loads as trained (it only shaped the loss), and says so
     with pytest.warns(UserWarning, match=r"aux_balance was removed in config version 4.*got aux_balance=1\.0"):
         assert FSRFConfig.from_saved(_version_3(aux_balance=1.0)) == FSRFConfig(d_model=16)

@@ -69,11 +69,12 @@ def test_fsrf_model_training_loss_matches_the_values_recorded_before_the_objecti
     with open(os.path.join(HERE, "fixtures", "objective_before.json"), encoding="utf-8") as fh:
         saved = json.load(fh)
     assert saved["seed"] == rec.SEED and saved["dims"] == rec.DIMS and set(saved["configs"]) == set(rec.CONFIGS)
-    # recorded when the projection's LayerNorm was the default (config version < 3); fields added
-    # since the recording take their defaults, which keep the recorded model
-    recorded = {name: {"proj_norm": True, **cfg} for name, cfg in saved["configs"].items()}
+    # recorded when the projection's LayerNorm (config version < 3) and the private shrinkage pooling
+    # (< 4) were the defaults; fields added since the recording take their defaults, which keep it
+    then = {"proj_norm": True, "pooling": "norm+private-shrink"}
+    recorded = {name: {**then, **cfg} for name, cfg in saved["configs"].items()}
     for name, cfg in recorded.items():
-        assert FSRFConfig.from_dict(cfg) == FSRFConfig.from_dict({"proj_norm": True, **rec.CONFIGS[name]}), name
+        assert FSRFConfig.from_dict(cfg) == FSRFConfig.from_dict({**then, **rec.CONFIGS[name]}), name
     for name, cfg in recorded.items():
         now = rec.record(cfg)  # the same seeds, config and float64 batch, through today's code
         for step, (old, new) in enumerate(zip(saved["records"][name], now)):

@@ -20,7 +20,7 @@ before), one training seed per draw (2100 + data seed), every model compared und
 ``comparison.md``, ``results.json``, ``robustness.png``) and ``OUT/summary.md`` (per cell, FSRF
 against the best built-in baseline and against ``fsrf-no-aux``: the F1 of the layout and MAE over
 r >= 0.5, the 7 patterns and r < 0.5, the paired difference, its two-sided p and the one-sided p of
-non-inferiority at a margin of 0.01).
+non-inferiority at a margin of 0.01), drawn as ``OUT/summary.png``.
 
 Sizing (measured on the 2-core CPU machine, seconds per epoch at 400 training samples, d = 64):
 FSRF 2.8 / 5.9 / 2.7 (aligned / unaligned MOSEI / SIMS), MulT 2.0 / 11.3 / 5.4, late fusion 0.3;

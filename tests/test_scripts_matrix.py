@@ -57,6 +57,40 @@ def test_the_figure_draws_fsrfs_paired_advantage_over_the_best_baseline_and_the_
     assert got["r ≥ 0.5", "MAE", "FSRF w/o aux terms"][1] == pytest.approx(0.1)  # 1 - (1.0, 0.9, 0.8)
 
 
+def test_the_rule_report_computes_the_paired_differences_and_both_conditions():
+    mod = _module()
+
+    def cell(dataset, deltas):
+        # defaults at 0.5 / 1.0; the variant moved by deltas[group] = (dF1, dMAE) per draw
+        per = lambda f1, mae: {"F1_score": f1, "Has0_F1_score": f1, "MAE": mae}
+        summ = {"FSRF": {}, "FSRF v": {}}
+        for group, _ in mod.GROUPS:
+            summ["FSRF"][group] = {"per_seed": {s: per(0.5, 1.0) for s in ("d1", "d2", "d3")}}
+            summ["FSRF v"][group] = {"per_seed": {s: per(0.5 + df, 1.0 + dm) for s, (df, dm)
+                                                  in zip(("d1", "d2", "d3"), deltas[group])}}
+        return {"meta": {"dataset": dataset}, "summary": summ}
+
+    good = [(0.02, -0.02), (0.03, -0.01), (0.025, -0.015)]
+    flat = [(0.0, 0.001), (0.001, 0.0), (-0.001, -0.001)]
+    cells = {"a": cell("mosei", {g: good for g, _ in mod.GROUPS}), "b": cell("sims", {g: good for g, _ in mod.GROUPS})}
+    text = "\n".join(mod.rule_report(cells))
+    assert "The variant wins" in text and "+0.025 (n = 6)" in text
+    assert "The defaults do not keep their place" in text and "not met: a r ≥ 0.5 F1" in text
+    bad = [(-0.05, 0.05), (-0.06, 0.06), (-0.055, 0.055)]  # significantly worse at r < 0.5 on cell b
+    cells["b"] = cell("sims", {"intra r>=0.5": good, "inter (7 patterns)": good, "intra r<0.5": bad})
+    text = "\n".join(mod.rule_report(cells))
+    assert "not met: b r < 0.5 F1, b r < 0.5 MAE" in text and "does not win" in text
+    # the variant better at r >= 0.5 and over the patterns on both cells: the defaults lose there too
+    assert "The defaults do not keep their place" in text
+    cells = {"a": cell("mosei", {g: flat for g, _ in mod.GROUPS})}
+    text = "\n".join(mod.rule_report(cells))
+    assert text.count("condition 1 (better where the method claims to help): not met") == 2
+    assert "The variant does not win" in text and "The defaults do not keep their place" in text
+    worse = [(-0.02, 0.02), (-0.03, 0.01), (-0.025, 0.015)]  # the variant worse everywhere: the defaults keep
+    text = "\n".join(mod.rule_report({"a": cell("mosei", {g: worse for g, _ in mod.GROUPS})}))
+    assert "The defaults keep their place" in text and "The variant does not win" in text
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--cells", "nope"], "--cells takes 'all' or a comma list"),
     (["--draws", "1"], "--draws must be >= 2"),

@@ -1,7 +1,7 @@
 """The regime matrix that FSRF's defaults are decided on (issue 29; the rule is in
 docs/research-log/14-regime-matrix.md, committed before any run of the matrix).
 
-    python scripts/regime_matrix.py OUT [--cells all|NAME,...] [--draws 5] [--scale 1.0]
+    python scripts/regime_matrix.py OUT [--cells all|NAME,...] [--draws 5] [--first-draw 101] [--scale 1.0]
         [--models fsrf,fsrf-no-aux,mult,late-fusion-md] [--variant NAME=JSON ...] [--device cpu] [--tiny]
 
 Cells (layout, generator, sizes): each covers a regime the defaults were not tuned on.
@@ -14,7 +14,7 @@ Cells (layout, generator, sizes): each covers a regime the defaults were not tun
 | mosei-aligned-content-4x | MOSEI aligned 50/50/50 | content | 3200/400/800 (4x the study's 800) | 8 |
 
 Every cell: ``--draws`` fresh data draws (data seeds 101, 102, …; none of them chose anything
-before), one training seed per draw (2100 + data seed), every model compared under the same masks
+before; ``--first-draw 106`` starts a confirmation on draws no decision has seen), one training seed per draw (2100 + data seed), every model compared under the same masks
 (``fsrf.training.compare``), then merged over the draws (paired over draws). Outputs:
 ``OUT/<cell>/d<seed>/`` (one comparison per draw, resumable), ``OUT/<cell>/`` (merged
 ``comparison.md``, ``results.json``, ``robustness.png``) and ``OUT/summary.md`` (per cell, FSRF
@@ -279,6 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("out")
     p.add_argument("--cells", default="all")
     p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--first-draw", type=int, default=101, help="data seed of the first draw")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every cell's sample counts")
     p.add_argument("--models", default="fsrf,fsrf-no-aux,mult,late-fusion-md")
     p.add_argument("--variant", action="append", default=[], help="NAME=JSON of FSRFConfig changes (repeatable)")
@@ -299,6 +300,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"regime_matrix: --cells takes 'all' or a comma list of {', '.join(CELLS)}; got {args.cells!r}")
     if args.draws < 2 and not args.tiny:
         raise SystemExit(f"regime_matrix: --draws must be >= 2 (paired over draws); got {args.draws}")
+    if args.first_draw < 1:
+        raise SystemExit(f"regime_matrix: --first-draw must be >= 1; got {args.first_draw}")
     if args.scale <= 0:
         raise SystemExit(f"regime_matrix: --scale must be > 0; got {args.scale}")
     specs = _specs(args.models, args.variant, 16 if args.tiny else args.d_model)
@@ -319,7 +322,7 @@ def main(argv=None) -> int:
                          seq_lens={"text": 8, "audio": 8, "vision": 8} if c["aligned"] else
                          {"text": 8, "audio": 16, "vision": 12})
         runs, labels = [], []
-        for d in range(101, 101 + args.draws):
+        for d in range(args.first_draw, args.first_draw + args.draws):
             folder = ensure_dir(out / cell / f"d{d}")
             data_path = folder / "data.pkl"
             if not data_path.is_file():

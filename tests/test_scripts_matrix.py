@@ -33,6 +33,17 @@ def test_one_cell_runs_tiny_and_writes_the_summary(tmp_path):
     assert png.ndim == 3 and png.shape[0] > 300 and png.shape[1] > 500
 
 
+def test_first_draw_starts_the_data_seeds_elsewhere(tmp_path):
+    mod = _module()
+    assert mod.main([str(tmp_path), "--tiny", "--cells", "mosei-aligned-factor", "--draws", "2",
+                     "--first-draw", "106", "--models", "fsrf,late-fusion"]) == 0
+    cell = tmp_path / "mosei-aligned-factor"
+    assert sorted(p.name for p in cell.glob("d*")) == ["d106", "d107"]
+    from fsrf.data import load_mmsa
+
+    assert [load_mmsa(cell / f"d{d}" / "data.pkl").synthetic["seed"] for d in (106, 107)] == [106, 107]
+
+
 def test_the_figure_draws_fsrfs_paired_advantage_over_the_best_baseline_and_the_ablation():
     mod = _module()
     from fsrf.training.comparison import NO_AUX_NAME
@@ -94,6 +105,7 @@ def test_the_rule_report_computes_the_paired_differences_and_both_conditions():
 @pytest.mark.parametrize("argv, match", [
     (["--cells", "nope"], "--cells takes 'all' or a comma list"),
     (["--draws", "1"], "--draws must be >= 2"),
+    (["--first-draw", "0"], "--first-draw must be >= 1"),
     (["--scale", "0"], "--scale must be > 0"),
     (["--variant", "x"], "--variant takes NAME=JSON"),
     (["--variant", "x=[1]"], "JSON must be an object"),

@@ -57,18 +57,20 @@ CELLS = {
 }
 #: The variants of docs/research-log/14-regime-matrix.md, by the letter that file gives them.
 VARIANTS = {
-    "A": ("FSRF simplest pooling and labels", {"pooling": "norm", "shared_pool": "mean", "dequantize_labels": False}),
-    # A neither won nor lost (run 2), so by step 2 of the order each of its switches runs alone
-    "A1": ("FSRF pooling=norm", {"pooling": "norm"}),
-    "A2": ("FSRF shared_pool=mean", {"shared_pool": "mean"}),
-    "A3": ("FSRF dequantize_labels=False", {"dequantize_labels": False}),
+    # A (pooling "norm", shared_pool "mean", dequantize_labels False together) neither won nor lost
+    # (run 2), so each switch ran alone (A1 in run 2, A2 and A3 in run 3, against the defaults of
+    # then): all three simplest choices became the defaults (config versions 4 and 5), so A, A1, A2
+    # and A3 are today's defaults; V3 is the defaults before them, for step 3 of the order
+    "V3": ("FSRF config version 3 defaults", {"pooling": "norm+private-shrink", "shared_pool": "gated",
+                                               "dequantize_labels": True}),
     "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),
     "C": ("FSRF no warm-up", {"aux_warmup_steps": 0}),
     # D was run as {"proj_norm": False} against config version 2's defaults (commit ce0ed86); it won
     # and became the default (version 3), so D is now the same comparison with the roles exchanged
     "D": ("FSRF projection LayerNorm", {"proj_norm": True}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
-    # config version 4; its runs are in docs/results/matrix/
+    # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
+    # docs/results/matrix/
 }
 #: the built-in baselines FSRF must be non-inferior to
 BASELINES = ("MulT", "late fusion + modality dropout", "late fusion")

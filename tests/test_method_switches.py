@@ -43,7 +43,10 @@ def test_first_reconstruction_restores_the_first_values_and_nothing_else():
     for k, v in FIRST_RECONSTRUCTION.items():
         assert getattr(old, k) == v, k
     assert old.d_model == 16 and old.w_hom == FSRFConfig().w_hom
-    assert all(getattr(FSRFConfig(), k) != v for k, v in FIRST_RECONSTRUCTION.items())
+    # the regime matrix returned two of them to their first value (config version 5)
+    back = {"shared_pool", "dequantize_labels"}
+    assert all(getattr(FSRFConfig(), k) != v for k, v in FIRST_RECONSTRUCTION.items() if k not in back)
+    assert all(getattr(FSRFConfig(), k) == FIRST_RECONSTRUCTION[k] for k in back)
 
 
 def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
@@ -316,8 +319,7 @@ def test_an_old_config_reads_private_pool_as_same_and_pool_shrink_makes_it_moot(
 
 
 def test_the_gated_shared_code_is_a_softmax_over_the_available_modalities_against_a_float64_loop():
-    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL)).double()
-    assert layer.config.shared_pool == "gated"
+    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, shared_pool="gated")).double()
     with torch.no_grad():  # zero-initialised; give it scores that differ
         layer.shared_gate.weight.copy_(torch.linspace(-1.0, 1.0, SMALL["d_model"])[None])
         layer.shared_gate.bias.fill_(0.3)

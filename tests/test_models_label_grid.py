@@ -135,7 +135,7 @@ def test_a_bad_generator_is_refused_by_name():
 
 
 def test_integer_labels_still_train_the_model():
-    model = FSRFModel(DIMS, FSRFConfig(d_model=8, num_heads=2, das=False)).train()
+    model = FSRFModel(DIMS, FSRFConfig(d_model=8, num_heads=2, das=False, dequantize_labels=True)).train()
     inputs, masks, _ = _batch()
     loss, _ = model.training_loss(inputs, masks, torch.arange(24) % 3 - 1)
     assert torch.isfinite(loss) and float(model.dequantize.step) == 1.0
@@ -164,8 +164,7 @@ def test_the_switch_changes_the_task_loss_only_in_training():
     cfg = dict(d_model=8, num_heads=2, dropout=0.0, das=False, modality_dropout=0.0)
     torch.manual_seed(0)
     off = FSRFModel(DIMS, FSRFConfig(**cfg, dequantize_labels=False))
-    on = FSRFModel(DIMS, FSRFConfig(**cfg))
-    assert on.config.dequantize_labels  # the default
+    on = FSRFModel(DIMS, FSRFConfig(**cfg, dequantize_labels=True))
     state = off.state_dict()
     assert "dequantize.step" not in state  # the state dict of a model without it is as before
     on.load_state_dict(state)  # so a checkpoint of one loads; the step starts unknown

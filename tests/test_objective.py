@@ -69,9 +69,10 @@ def test_fsrf_model_training_loss_matches_the_values_recorded_before_the_objecti
     with open(os.path.join(HERE, "fixtures", "objective_before.json"), encoding="utf-8") as fh:
         saved = json.load(fh)
     assert saved["seed"] == rec.SEED and saved["dims"] == rec.DIMS and set(saved["configs"]) == set(rec.CONFIGS)
-    # recorded when the projection's LayerNorm (config version < 3) and the private shrinkage pooling
-    # (< 4) were the defaults; fields added since the recording take their defaults, which keep it
-    then = {"proj_norm": True, "pooling": "norm+private-shrink"}
+    # recorded when the projection's LayerNorm (config version < 3), the private shrinkage pooling
+    # (< 4), the gated shared pool and the dequantized labels (< 5) were the defaults; fields added
+    # since the recording take their defaults, which keep it
+    then = {"proj_norm": True, "pooling": "norm+private-shrink", "shared_pool": "gated", "dequantize_labels": True}
     recorded = {name: {**then, **cfg} for name, cfg in saved["configs"].items()}
     for name, cfg in recorded.items():
         assert FSRFConfig.from_dict(cfg) == FSRFConfig.from_dict({**then, **rec.CONFIGS[name]}), name
@@ -204,7 +205,7 @@ def _kl64(za, zb):
 
 def test_classification_terms_and_their_gradients_against_float64_formulas():
     C = 4
-    cfg = FSRFConfig(**SMALL, aux_warmup_steps=0)
+    cfg = FSRFConfig(**SMALL, aux_warmup_steps=0, dequantize_labels=True)
     torch.manual_seed(0)
     head = Recording(cfg.out_dim, C)
     obj = FSRFObjective(FSRFLayer(DIMS, config=cfg), head, task="classification").train()

@@ -107,7 +107,7 @@ def test_version_1_pooling_keywords_set_the_one_pooling_choice():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"config_version": 6}, "config_version must be an int in \\[1, 5\\]"),
+    ({"config_version": 7}, "config_version must be an int in \\[1, 6\\]"),
     ({"config_version": 0}, "config_version"), ({"config_version": "2"}, "config_version"),
     ({"config_version": True}, "config_version"),
     ({"architecture": {"w_kl": 1.0}}, "group 'architecture' has no field"),
@@ -124,9 +124,9 @@ def test_the_constructor_takes_only_the_current_version():
         FSRFConfig(config_version=1)
     assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
     # the last version-1 default differs from today's only by the projection's LayerNorm (version 3),
-    # the private shrinkage pooling (version 4), the gated shared pool and the dequantized labels (5)
+    # the private shrinkage pooling (version 4) and the gated shared pool (5)
     assert (FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}})
-            == FSRFConfig(proj_norm=True, pooling="norm+private-shrink", shared_pool="gated", dequantize_labels=True))
+            == FSRFConfig(proj_norm=True, pooling="norm+private-shrink", shared_pool="gated"))
 
 
 def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
@@ -173,10 +173,11 @@ def test_a_stored_run_of_an_earlier_fsrf_counts_as_the_same_model():
 
 
 def test_version_4_dicts_keep_the_gated_shared_pool_and_the_dequantized_labels():
-    # the defaults since version 5 (issue 29's regime matrix, run 3): the simplest choices
-    assert (FSRFConfig().shared_pool, FSRFConfig().dequantize_labels) == ("mean", False)
-    v4 = {**FSRFConfig(d_model=16).to_dict(), "config_version": 4}
-    assert FSRFConfig.from_saved(v4) == FSRFConfig(d_model=16) == FSRFConfig.from_dict(v4)
+    # shared_pool's default since version 5 (issue 29's regime matrix, run 3); dequantize_labels was
+    # False in version 5 only
+    assert (FSRFConfig().shared_pool, FSRFConfig().dequantize_labels) == ("mean", True)
+    v4 = {**FSRFConfig(d_model=16, dequantize_labels=False).to_dict(), "config_version": 4}
+    assert FSRFConfig.from_saved(v4) == FSRFConfig(d_model=16, dequantize_labels=False) == FSRFConfig.from_dict(v4)
     lacking = {k: v for k, v in v4.items() if k not in ("shared_pool", "dequantize_labels")}
     for read in (FSRFConfig.from_dict, FSRFConfig.from_saved):  # it meant version 4's defaults
         cfg = read(lacking)
@@ -185,3 +186,12 @@ def test_version_4_dicts_keep_the_gated_shared_pool_and_the_dequantized_labels()
     grouped["config_version"] = 4
     del grouped["fusion"]["shared_pool"], grouped["training"]["dequantize_labels"]
     assert FSRFConfig.from_saved(grouped) == FSRFConfig(d_model=16, shared_pool="gated", dequantize_labels=True)
+
+
+def test_version_5_dicts_keep_the_labels_as_given():
+    # version 5 trained on the labels as given; step 3 of the regime matrix reverted that (version 6)
+    v5 = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k != "dequantize_labels"}
+    v5["config_version"] = 5
+    for read in (FSRFConfig.from_dict, FSRFConfig.from_saved):
+        assert read(v5) == FSRFConfig(d_model=16, dequantize_labels=False)
+    assert FSRFConfig.from_dict({**v5, "dequantize_labels": True}) == FSRFConfig(d_model=16)

@@ -165,7 +165,9 @@ def _v5_to_v6(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
 
 #: ``version -> step`` upgrading a dict of that version to the next (``fill_absent``: the dict was
 #: saved with a model, so a missing field predates the field).
-MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
+MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6,
+}
 
 
 def migrate(d: Mapping[str, Any], *, saved: bool) -> dict[str, Any]:

@@ -14,7 +14,8 @@ Cells (layout, generator, sizes): each covers a regime the defaults were not tun
 | mosei-aligned-content-4x | MOSEI aligned 50/50/50 | content | 3200/400/800 (4x the study's 800) | 8 |
 
 Every cell: ``--draws`` fresh data draws (data seeds 101, 102, …; none of them chose anything
-before; ``--first-draw 106`` starts a confirmation on draws no decision has seen), one training seed per draw (2100 + data seed), every model compared under the same masks
+before; ``--first-draw 106`` starts a confirmation on draws no decision has seen), one training
+seed per draw (2100 + data seed), every model compared under the same masks
 (``fsrf.training.compare``), then merged over the draws (paired over draws). Outputs:
 ``OUT/<cell>/d<seed>/`` (one comparison per draw, resumable), ``OUT/<cell>/`` (merged
 ``comparison.md``, ``results.json``, ``robustness.png``) and ``OUT/summary.md`` (per cell, FSRF

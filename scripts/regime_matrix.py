@@ -61,7 +61,8 @@ VARIANTS = {
     # A (pooling "norm", shared_pool "mean", dequantize_labels False together) neither won nor lost
     # (run 2), so each switch ran alone (A1 in run 2, A2 and A3 in run 3, against the defaults of
     # then): all three simplest choices became the defaults (config versions 4 and 5), and step 3 of
-    # the order reverted dequantize_labels (version 6); V3 is the defaults before them, for step 3
+    # the order reverted dequantize_labels (version 6), then pooling (version 7); V3 is the defaults
+    # before them, for step 3
     "V3": ("FSRF config version 3 defaults", {"pooling": "norm+private-shrink", "shared_pool": "gated",
                                                "dequantize_labels": True}),
     "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),

@@ -91,8 +91,8 @@ def test_no_field_is_unused():
 
 
 def test_version_1_pooling_keywords_set_the_one_pooling_choice():
-    # a keyword changes its part of today's default ("norm" since config version 4)
-    assert FSRFConfig(pool_norm=False).pooling == "mean"
+    # a keyword changes its part of today's default ("norm+private-shrink" again since config version 7)
+    assert FSRFConfig(pool_norm=False).pooling == "mean+private-shrink"
     assert FSRFConfig(private_pool="shrink").pooling == "norm+private-shrink"
     assert FSRFConfig(pool_norm=False, pool_shrink=True, private_pool="wiener").pooling == "shrink"
     assert FSRFConfig(private_pool="same").pooling == "norm"
@@ -102,12 +102,12 @@ def test_version_1_pooling_keywords_set_the_one_pooling_choice():
         assert (cfg.pool_norm, cfg.pool_shrink, cfg.private_pool) == (norm, shrink, private)
         assert FSRFConfig(pool_norm=norm, pool_shrink=shrink, private_pool=private) == cfg
     assert dataclasses.replace(FSRFConfig(), pooling="mean").pooling == "mean"
-    assert FSRFConfig().replace(pool_norm=False).pooling == "mean"
+    assert FSRFConfig().replace(pool_norm=False).pooling == "mean+private-shrink"
     assert FSRFConfig(pooling="norm+private-shrink").replace(pool_norm=False).pooling == "mean+private-shrink"
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"config_version": 7}, "config_version must be an int in \\[1, 6\\]"),
+    ({"config_version": 8}, "config_version must be an int in \\[1, 7\\]"),
     ({"config_version": 0}, "config_version"), ({"config_version": "2"}, "config_version"),
     ({"config_version": True}, "config_version"),
     ({"architecture": {"w_kl": 1.0}}, "group 'architecture' has no field"),
@@ -123,10 +123,10 @@ def test_the_constructor_takes_only_the_current_version():
     with pytest.raises(ValueError, match="from_saved"):
         FSRFConfig(config_version=1)
     assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
-    # the last version-1 default differs from today's only by the projection's LayerNorm (version 3),
-    # the private shrinkage pooling (version 4) and the gated shared pool (5)
+    # the last version-1 default differs from today's only by the projection's LayerNorm (version 3)
+    # and the gated shared pool (5); the private shrinkage pooling left in version 4 and came back in 7
     assert (FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}})
-            == FSRFConfig(proj_norm=True, pooling="norm+private-shrink", shared_pool="gated"))
+            == FSRFConfig(proj_norm=True, shared_pool="gated"))
 
 
 def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
@@ -144,7 +144,9 @@ def _version_3(**changes):
 
 
 def test_version_3_dicts_keep_their_pooling_and_drop_the_removed_aux_balance():
-    assert FSRFConfig().pooling == "norm"  # the default since version 4
+    # version 4's default was "norm"; version 7 returned to version 3's, so a version-3 dict without
+    # the field must still read as version 3's default through every later step
+    assert FSRFConfig().pooling == "norm+private-shrink"
     v3 = _version_3()
     assert FSRFConfig.from_saved(v3) == FSRFConfig(d_model=16) == FSRFConfig.from_dict(v3)
     lacking = {k: v for k, v in v3.items() if k != "pooling"}  # hand-written: it meant version 3's default
@@ -195,3 +197,20 @@ def test_version_5_dicts_keep_the_labels_as_given():
     for read in (FSRFConfig.from_dict, FSRFConfig.from_saved):
         assert read(v5) == FSRFConfig(d_model=16, dequantize_labels=False)
     assert FSRFConfig.from_dict({**v5, "dequantize_labels": True}) == FSRFConfig(d_model=16)
+
+
+def test_version_6_dicts_keep_the_pooling_without_the_private_shrinkage():
+    # version 6 pooled with "norm"; step 3 of the regime matrix reverted that (version 7)
+    assert FSRFConfig().pooling == "norm+private-shrink"
+    v6 = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k != "pooling"}
+    v6["config_version"] = 6
+    for read in (FSRFConfig.from_dict, FSRFConfig.from_saved):
+        cfg = read(v6)
+        assert cfg == FSRFConfig(d_model=16, pooling="norm")
+        assert (cfg.pool_norm, cfg.pool_shrink, cfg.private_pool) == (True, False, "same")
+    grouped = FSRFConfig(d_model=16).to_dict(grouped=True)
+    grouped["config_version"] = 6
+    group = next(g for g, fields in grouped.items() if isinstance(fields, dict) and "pooling" in fields)
+    del grouped[group]["pooling"]
+    assert FSRFConfig.from_saved(grouped) == FSRFConfig(d_model=16, pooling="norm")
+    assert FSRFConfig.from_dict({**v6, "pooling": "norm+private-shrink"}) == FSRFConfig(d_model=16)

@@ -70,6 +70,12 @@ VARIANTS = {
     # D was run as {"proj_norm": False} against config version 2's defaults (commit ce0ed86); it won
     # and became the default (version 3), so D is now the same comparison with the roles exchanged
     "D": ("FSRF projection LayerNorm", {"proj_norm": True}),
+    # K, the encoder study on version 7: the lineage's temporal convolution in the input projection
+    # (MulT's Conv1d), a window of three frames on every modality; K0 is K w/o aux terms, for the
+    # Done-when should K be confirmed
+    "K": ("FSRF conv_kernel=3", {"conv_kernel": 3}),
+    "K0": ("FSRF conv_kernel=3 w/o aux terms", {"conv_kernel": 3, **{w: 0.0 for w in (
+        "w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov", "w_pred")}}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
     # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
     # docs/results/matrix/

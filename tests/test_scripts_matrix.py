@@ -118,13 +118,13 @@ def test_bad_arguments_are_refused_by_name(tmp_path, argv, match):
         mod.main([str(tmp_path), *argv])
 
 
-def test_every_written_variant_is_a_valid_config_and_k0_is_k_without_the_aux_terms():
+def test_every_written_variant_is_a_valid_config_and_the_0_variants_drop_only_the_aux_terms():
     from fsrf.config import AUX_WEIGHTS, FSRFConfig
 
     mod = _module()
     for letter, (name, changes) in mod.VARIANTS.items():
         assert set(changes) <= set(FSRFConfig().to_dict()), letter
         FSRFConfig(**changes)  # refused by name if a value is out of range
-    k, k0 = mod.VARIANTS["K"][1], mod.VARIANTS["K0"][1]
     # the same zeros as fsrf compare's "FSRF w/o aux terms", taken from the config's own list
-    assert k0 == {**k, **{w: 0.0 for w in set(AUX_WEIGHTS.values())}}
+    for with_aux, without in (("K", "K0"), ("KP", "KP0")):
+        assert mod.VARIANTS[without][1] == {**mod.VARIANTS[with_aux][1], **{w: 0.0 for w in set(AUX_WEIGHTS.values())}}

@@ -56,8 +56,6 @@ CELLS = {
     "sims-content": dict(preset="sims", aligned=False, generator="content", n=(800, 200, 400), epochs=12),
     "mosei-aligned-content-4x": dict(preset="mosei", aligned=True, generator="content", n=(3200, 400, 800), epochs=8),
 }
-#: every auxiliary weight at 0, as in ``fsrf compare``'s "FSRF w/o aux terms"
-_NO_AUX = {w: 0.0 for w in ("w_orth", "w_dered", "w_hom", "w_rec", "w_kl", "w_dist", "w_recov", "w_pred")}
 #: The variants of docs/research-log/14-regime-matrix.md, by the letter that file gives them.
 VARIANTS = {
     # A (pooling "norm", shared_pool "mean", dequantize_labels False together) neither won nor lost
@@ -73,14 +71,11 @@ VARIANTS = {
     # and became the default (version 3), so D is now the same comparison with the roles exchanged
     "D": ("FSRF projection LayerNorm", {"proj_norm": True}),
     # K, the encoder study on version 7: the lineage's temporal convolution in the input projection
-    # (MulT's Conv1d), a window of three frames on every modality; K0 and KP0 are K and KP w/o aux
-    # terms, for the Done-when should either be confirmed
+    # (MulT's Conv1d), a window of three frames on every modality. It lost (the log's sixth
+    # session): conv_kernel stays 1. KP, K with partial windows (a config field conv_window that
+    # rescaled each window by its observed frames), lost too and left the code with its field; its
+    # runs are in docs/results/matrix-encoder/
     "K": ("FSRF conv_kernel=3", {"conv_kernel": 3}),
-    # K lost (significantly worse at r >= 0.5 on events): KP is K with partial windows, which keep a
-    # frame's scale when its neighbours are missing
-    "KP": ("FSRF conv_kernel=3 partial", {"conv_kernel": 3, "conv_window": "partial"}),
-    "K0": ("FSRF conv_kernel=3 w/o aux terms", {"conv_kernel": 3, **_NO_AUX}),
-    "KP0": ("FSRF conv_kernel=3 partial w/o aux terms", {"conv_kernel": 3, "conv_window": "partial", **_NO_AUX}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
     # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
     # docs/results/matrix/

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsrf import ops
@@ -59,34 +58,21 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 class _Projection(nn.Module):
     """u_m = Conv1d_k(x_m) (a Linear when k = 1), §1.1; LayerNorm(Conv1d_k(x_m)) when ``norm`` is
-    True (``FSRFConfig.proj_norm``). With ``partial`` (``conv_window="partial"``) each window's sum
-    over its frames is rescaled by k / (observed frames in it) before the bias is added."""
+    True (``FSRFConfig.proj_norm``)."""
 
-    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = False, partial: bool = False) -> None:
+    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = False) -> None:
         super().__init__()
         self.kernel = kernel
-        self.partial = partial and kernel > 1
         if kernel == 1:
             self.proj = nn.Linear(d_in, d_model)
         else:
             self.proj = nn.Conv1d(d_in, d_model, kernel, padding=kernel // 2)
         self.norm = nn.LayerNorm(d_model) if norm else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x`` (B, T, D) with its missing frames zeroed; ``mask`` (B, T) bool, True = observed."""
+    def forward(self, x: Tensor) -> Tensor:
         if self.kernel == 1:
             return self.norm(self.proj(x))
-        if not self.partial or mask is None:
-            return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
-        y = F.conv1d(x.transpose(1, 2), self.proj.weight, None, padding=self.kernel // 2)
-        # the scale in fp32 at least (counts are small integers, exact); an observed frame is in its
-        # own window, so count >= 1 wherever the output is used, and the clamp only keeps
-        # unobserved frames finite
-        acc = torch.promote_types(y.dtype, torch.float32)
-        ones = torch.ones(1, 1, self.kernel, device=x.device, dtype=acc)
-        count = F.conv1d(mask.to(acc).unsqueeze(1), ones, padding=self.kernel // 2)
-        y = y * (self.kernel / count.clamp(min=1.0)).to(y.dtype) + self.proj.bias.to(y.dtype).unsqueeze(-1)
-        return self.norm(y.transpose(1, 2))
+        return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
 
 
 class _AttentionBlock(nn.Module):
@@ -158,9 +144,7 @@ class FSRFLayer(nn.Module):
         # with pool_shrink every encoder reads the shrunk mean already
         self._private_shrink = cfg.dhf and cfg.private_pool != "same" and not cfg.pool_shrink
 
-        partial = cfg.conv_window == "partial"
-        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m), cfg.proj_norm, partial=partial)
-                                   for m, D in modality_dims.items()})
+        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m), cfg.proj_norm) for m, D in modality_dims.items()})
         attn_backend = self.op_backend("masked_cross_attention")
         if cfg.encoder_layers == 0:
             self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
@@ -263,7 +247,7 @@ class FSRFLayer(nn.Module):
                 x = inputs[m]
                 mk = masks[m] if masks is not None and m in masks else torch.ones(x.shape[:2], dtype=torch.bool, device=device)
                 # masked frames are zeroed so a Conv1d window cannot read features marked missing
-                u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype), mk)
+                u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype))
                 k[m] = mk
         # the zero frames take the projections' dtype, which autocast may have lowered
         ref_dtype = next(iter(u.values())).dtype

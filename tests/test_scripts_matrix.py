@@ -118,10 +118,9 @@ def test_bad_arguments_are_refused_by_name(tmp_path, argv, match):
         mod.main([str(tmp_path), *argv])
 
 
-
 def test_every_written_variant_is_a_valid_config_change():
     from fsrf.config import FSRFConfig
 
-    for letter, (name, changes) in _module().VARIANTS.items():
+    for letter, (_, changes) in _module().VARIANTS.items():
         assert set(changes) <= set(FSRFConfig().to_dict()), letter
         FSRFConfig(**changes)  # refused by name if a value is out of range

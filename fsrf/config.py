@@ -10,8 +10,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-__all__ = ["FSRFConfig", "ConfigGroup", "AUX_WEIGHTS", "CONFIG_VERSION", "FIRST_RECONSTRUCTION", "GROUPS", "KL_STOP_GRAD",
-           "POOLINGS", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES", "SHARED_POOLS", "TASK_LOSSES"]
+__all__ = ["FSRFConfig", "ConfigGroup", "AUX_WEIGHTS", "CONFIG_VERSION", "CONV_MODES", "FIRST_RECONSTRUCTION", "GROUPS",
+           "KL_STOP_GRAD", "POOLINGS", "PRIVATE_POOLS", "REDUCTIONS", "RECOVERY_LOSSES", "SHARED_POOLS", "TASK_LOSSES"]
 
 KL_STOP_GRAD = ("both", "none", "richer")
 TASK_LOSSES = ("l1", "mse")
@@ -19,6 +19,7 @@ REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
 SHARED_POOLS = ("mean", "gated")
 PRIVATE_POOLS = ("same", "shrink", "wiener")
+CONV_MODES = ("full", "factorized")
 
 #: ``pooling`` -> (LayerNorm on each pooled z_m, James-Stein shrinkage of every pooled mean, what
 #: the heterogeneous and noise encoders read). One choice, because the three switches it replaced
@@ -40,8 +41,8 @@ CONFIG_VERSION = 7
 #: The fields of each group, in the order the grouped form (:meth:`FSRFConfig.to_dict` with
 #: ``grouped=True``, :meth:`FSRFConfig.to_json`) writes them.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "architecture": ("d_model", "num_heads", "d_factor", "d_out", "conv_kernel", "proj_norm", "encoder_layers",
-                     "dropout", "attn_dropout"),
+    "architecture": ("d_model", "num_heads", "d_factor", "d_out", "conv_kernel", "conv_mode", "proj_norm",
+                     "encoder_layers", "dropout", "attn_dropout"),
     "ablation": ("dhf", "das", "recovery"),
     "constraints": ("w_orth", "w_dered", "w_hom", "w_rec", "detach_norm", "orth_eps", "decor_eps", "rec_detach_target",
                     "orth_reduction", "hom_reduction", "mmd_num_kernels", "mmd_kernel_mul", "mmd_unbiased",
@@ -254,7 +255,10 @@ class FSRFConfig:
     architecture
         ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the fused
         output, default d), ``conv_kernel`` (odd temporal kernel of the input projection, one int or
-        ``{modality: int}``; 1 is a ``Linear``), ``proj_norm`` (``True``: a LayerNorm on every
+        ``{modality: int}``; 1 is a ``Linear``), ``conv_mode`` (with a kernel above 1: ``"full"``, a
+        ``Conv1d`` over the input features, MulT's; ``"factorized"``, a per-frame ``Linear`` to d, then
+        a d x d window over the projected frames initialised to the identity, so that it starts as the
+        kernel-1 projection and adds 2 d^2 weights, not 2 D d), ``proj_norm`` (``True``: a LayerNorm on every
         projected frame, ``u_m = LN(W x_m)``, as first reconstructed and before config version 3;
         the default ``False`` is the projection alone, decided on issue 29's regime matrix),
         ``encoder_layers`` (0: one masked cross-modal
@@ -313,6 +317,7 @@ class FSRFConfig:
     d_factor: int | None = None
     d_out: int | None = None
     conv_kernel: int | dict[str, int] = 1
+    conv_mode: str = "full"
     proj_norm: bool = False
     encoder_layers: int = 0
     dropout: float = 0.1
@@ -418,6 +423,8 @@ class FSRFConfig:
                 raise ValueError(f"FSRFConfig.{name} must be one of {REDUCTIONS}; got {getattr(self, name)!r}")
         if not isinstance(self.pooling, str) or self.pooling not in POOLINGS:
             raise ValueError(f"FSRFConfig.pooling must be one of {tuple(POOLINGS)}; got {self.pooling!r}")
+        if self.conv_mode not in CONV_MODES:
+            raise ValueError(f"FSRFConfig.conv_mode must be one of {CONV_MODES}; got {self.conv_mode!r}")
         if self.shared_pool not in SHARED_POOLS:
             raise ValueError(f"FSRFConfig.shared_pool must be one of {SHARED_POOLS}; got {self.shared_pool!r}")
         if self.recovery_loss not in RECOVERY_LOSSES:

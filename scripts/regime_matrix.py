@@ -76,6 +76,12 @@ VARIANTS = {
     # rescaled each window by its observed frames), lost too and left the code with its field; its
     # runs are in docs/results/matrix-encoder/
     "K": ("FSRF conv_kernel=3", {"conv_kernel": 3}),
+    # KF, the seventh session's candidate: K's window on the projected frames (conv_mode
+    # "factorized"), and KF0, its ablation for the Done-when
+    "KF": ("FSRF conv_kernel=3 factorized", {"conv_kernel": 3, "conv_mode": "factorized"}),
+    "KF0": ("FSRF conv_kernel=3 factorized w/o aux terms", {"conv_kernel": 3, "conv_mode": "factorized",
+                                                             **{w: 0.0 for w in ("w_orth", "w_dered", "w_hom", "w_rec",
+                                                                                 "w_kl", "w_dist", "w_recov", "w_pred")}}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
     # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
     # docs/results/matrix/

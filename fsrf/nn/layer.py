@@ -58,21 +58,39 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 class _Projection(nn.Module):
     """u_m = Conv1d_k(x_m) (a Linear when k = 1), §1.1; LayerNorm(Conv1d_k(x_m)) when ``norm`` is
-    True (``FSRFConfig.proj_norm``)."""
+    True (``FSRFConfig.proj_norm``). With ``factorized`` (``conv_mode="factorized"``) the window acts
+    on the projected frames instead: u_m = Conv1d_k(mask * Linear(x_m)), its k taps d x d and
+    initialised to the identity at the centre, so the layer starts as with k = 1."""
 
-    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = False) -> None:
+    def __init__(self, d_in: int, d_model: int, kernel: int, norm: bool = False, factorized: bool = False) -> None:
         super().__init__()
         self.kernel = kernel
-        if kernel == 1:
+        self.window = None
+        if kernel == 1 or factorized:
             self.proj = nn.Linear(d_in, d_model)
         else:
             self.proj = nn.Conv1d(d_in, d_model, kernel, padding=kernel // 2)
+        if kernel > 1 and factorized:
+            # 2 d^2 weights beside the centre tap instead of MulT's 2 D d: on a 768-dim text with a
+            # few hundred samples the full window's extra weights are most of the layer's
+            self.window = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, bias=False)
+            with torch.no_grad():
+                self.window.weight.zero_()
+                self.window.weight[:, :, kernel // 2] = torch.eye(d_model)
         self.norm = nn.LayerNorm(d_model) if norm else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` (B, T, D) with its missing frames zeroed; ``mask`` (B, T) bool, True = observed."""
         if self.kernel == 1:
             return self.norm(self.proj(x))
-        return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
+        if self.window is None:
+            return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
+        h = self.proj(x)
+        if mask is not None:
+            # a missing frame's projection is the bias; zeroed, a window reads missing frames as
+            # the full window does (as 0)
+            h = h * mask.unsqueeze(-1).to(h.dtype)
+        return self.norm(self.window(h.transpose(1, 2)).transpose(1, 2))
 
 
 class _AttentionBlock(nn.Module):
@@ -144,7 +162,9 @@ class FSRFLayer(nn.Module):
         # with pool_shrink every encoder reads the shrunk mean already
         self._private_shrink = cfg.dhf and cfg.private_pool != "same" and not cfg.pool_shrink
 
-        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m), cfg.proj_norm) for m, D in modality_dims.items()})
+        factorized = cfg.conv_mode == "factorized"
+        self.proj = nn.ModuleDict({m: _Projection(D, d, cfg.kernel_for(m), cfg.proj_norm, factorized=factorized)
+                                   for m, D in modality_dims.items()})
         attn_backend = self.op_backend("masked_cross_attention")
         if cfg.encoder_layers == 0:
             self.attn = nn.ModuleDict({m: MaskedCrossModalAttention(d, cfg.num_heads, dropout=cfg.attn_dropout,
@@ -247,7 +267,7 @@ class FSRFLayer(nn.Module):
                 x = inputs[m]
                 mk = masks[m] if masks is not None and m in masks else torch.ones(x.shape[:2], dtype=torch.bool, device=device)
                 # masked frames are zeroed so a Conv1d window cannot read features marked missing
-                u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype))
+                u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype), mk)
                 k[m] = mk
         # the zero frames take the projections' dtype, which autocast may have lowered
         ref_dtype = next(iter(u.values())).dtype

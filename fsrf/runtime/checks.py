@@ -112,7 +112,7 @@ def check_modality_batch(inputs, masks=None, *, dims: Mapping[str, int] | None =
     ``labels``: a tensor of one row per sample, checked with the batch (finite when floating).
     ``name`` is how the message calls the inputs.
     """
-    what = f"a non-empty dict {{modality: (B, T, D) tensor}}"
+    what = "a non-empty dict {modality: (B, T, D) tensor}"
     if not isinstance(inputs, Mapping):
         raise TypeError(f"{name} must be {what}; got {type(inputs).__name__}")
     if not inputs:

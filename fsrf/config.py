@@ -36,7 +36,7 @@ POOLINGS: dict[str, tuple[bool, bool, str]] = {
 
 #: The version :meth:`FSRFConfig.to_dict` writes. Version 1 (no ``config_version`` key) is every
 #: config saved before versions existed; :data:`MIGRATIONS` upgrades it step by step.
-CONFIG_VERSION = 7
+CONFIG_VERSION = 8
 
 #: The fields of each group, in the order the grouped form (:meth:`FSRFConfig.to_dict` with
 #: ``grouped=True``, :meth:`FSRFConfig.to_json`) writes them.
@@ -80,6 +80,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "dequantize_labels": False,
     "w_pred": 0.0,
     "proj_norm": True,
+    "conv_kernel": 1,
 }
 
 # Version 1 was upgraded by the absence of a key: a field a saved dict lacks was written before the
@@ -172,10 +173,17 @@ def _v6_to_v7(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
     return {"pooling": "norm", **d}
 
 
+def _v7_to_v8(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
+    """Version 7 -> 8 (issue 29's encoder study): ``conv_kernel`` became 3 with ``conv_mode=
+    "factorized"`` (a window of three projected frames), so a version-7 dict without them meant a
+    per-frame projection, and one with a kernel above 1 meant the window over the input features."""
+    return {"conv_kernel": 1, "conv_mode": "full", **d}
+
+
 #: ``version -> step`` upgrading a dict of that version to the next (``fill_absent``: the dict was
 #: saved with a model, so a missing field predates the field).
 MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
 }
 
 
@@ -255,10 +263,11 @@ class FSRFConfig:
     architecture
         ``d_model`` (d), ``num_heads``, ``d_factor`` (d_f, default d), ``d_out`` (width of the fused
         output, default d), ``conv_kernel`` (odd temporal kernel of the input projection, one int or
-        ``{modality: int}``; 1 is a ``Linear``), ``conv_mode`` (with a kernel above 1: ``"full"``, a
-        ``Conv1d`` over the input features, MulT's; ``"factorized"``, a per-frame ``Linear`` to d, then
-        a d x d window over the projected frames initialised to the identity, so that it starts as the
-        kernel-1 projection and adds 2 d^2 weights, not 2 D d), ``proj_norm`` (``True``: a LayerNorm on every
+        ``{modality: int}``; 1 is a ``Linear``; 3 since config version 8), ``conv_mode`` (with a
+        kernel above 1: ``"factorized"``, the default, a per-frame ``Linear`` to d, then a d x d
+        window over the projected frames initialised to the identity, so that it starts as the
+        kernel-1 projection and adds (k - 1) d^2 weights; ``"full"``, a ``Conv1d`` over the input
+        features, MulT's, (k - 1) D d more weights), ``proj_norm`` (``True``: a LayerNorm on every
         projected frame, ``u_m = LN(W x_m)``, as first reconstructed and before config version 3;
         the default ``False`` is the projection alone, decided on issue 29's regime matrix),
         ``encoder_layers`` (0: one masked cross-modal
@@ -316,8 +325,8 @@ class FSRFConfig:
     num_heads: int = 4
     d_factor: int | None = None
     d_out: int | None = None
-    conv_kernel: int | dict[str, int] = 1
-    conv_mode: str = "full"
+    conv_kernel: int | dict[str, int] = 3
+    conv_mode: str = "factorized"
     proj_norm: bool = False
     encoder_layers: int = 0
     dropout: float = 0.1

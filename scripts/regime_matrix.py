@@ -62,9 +62,9 @@ VARIANTS = {
     # (run 2), so each switch ran alone (A1 in run 2, A2 and A3 in run 3, against the defaults of
     # then): all three simplest choices became the defaults (config versions 4 and 5), and step 3 of
     # the order reverted dequantize_labels (version 6), then pooling (version 7); V3 is the defaults
-    # before them, for step 3
+    # before them, for step 3 (with the per-frame projection that version 8 replaced)
     "V3": ("FSRF config version 3 defaults", {"pooling": "norm+private-shrink", "shared_pool": "gated",
-                                               "dequantize_labels": True}),
+                                               "dequantize_labels": True, "conv_kernel": 1}),
     "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),
     "C": ("FSRF no warm-up", {"aux_warmup_steps": 0}),
     # D was run as {"proj_norm": False} against config version 2's defaults (commit ce0ed86); it won
@@ -72,16 +72,13 @@ VARIANTS = {
     "D": ("FSRF projection LayerNorm", {"proj_norm": True}),
     # K, the encoder study on version 7: the lineage's temporal convolution in the input projection
     # (MulT's Conv1d), a window of three frames on every modality. It lost (the log's sixth
-    # session): conv_kernel stays 1. KP, K with partial windows (a config field conv_window that
-    # rescaled each window by its observed frames), lost too and left the code with its field; its
-    # runs are in docs/results/matrix-encoder/
-    "K": ("FSRF conv_kernel=3", {"conv_kernel": 3}),
-    # KF, the seventh session's candidate: K's window on the projected frames (conv_mode
-    # "factorized"), and KF0, its ablation for the Done-when
-    "KF": ("FSRF conv_kernel=3 factorized", {"conv_kernel": 3, "conv_mode": "factorized"}),
-    "KF0": ("FSRF conv_kernel=3 factorized w/o aux terms", {"conv_kernel": 3, "conv_mode": "factorized",
-                                                             **{w: 0.0 for w in ("w_orth", "w_dered", "w_hom", "w_rec",
-                                                                                 "w_kl", "w_dist", "w_recov", "w_pred")}}),
+    # session). KP, K with partial windows (a config field conv_window that rescaled each window by
+    # its observed frames), lost too and left the code with its field; their runs are in
+    # docs/results/matrix-encoder/. KF, the window on the projected frames, won on draws 101-105 and
+    # 106-110 and is the default since config version 8 (its runs: docs/results/matrix-factorized/);
+    # V7 is the defaults before it, KF0 was today's "FSRF w/o aux terms"
+    "K": ("FSRF conv_kernel=3", {"conv_kernel": 3, "conv_mode": "full"}),
+    "V7": ("FSRF config version 7 defaults", {"conv_kernel": 1}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
     # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
     # docs/results/matrix/

@@ -23,12 +23,14 @@ V1 = json.loads((ROOT / "tests/fixtures/configs_v1.json").read_text())["configs"
 # normalised, the reconstruction target was not detached, there was no warm-up, no modality
 # dropout, no availability flags, recovery learned from view B only, the pooled features were plain
 # masked means combined by a mean, labels were used as given, batch statistics were per process,
-# the encoder was the single cross-modal attention, and every projected frame went through a LayerNorm.
+# the encoder was the single cross-modal attention, every projected frame went through a LayerNorm,
+# and a temporal window (a kernel above 1) acted on the input features.
 BEFORE_V1 = {
     "rec_detach_target": False, "orth_reduction": "sum", "hom_reduction": "sum", "mmd_normalize": False,
     "aux_warmup_steps": 0, "modality_dropout": 0.0, "fusion_availability": False, "recovery_loss": "view",
     "global_batch": False, "pool_norm": False, "shared_pool": "mean", "pool_shrink": False, "private_pool": "same",
     "dequantize_labels": False, "w_pred": 0.0, "encoder_layers": 0, "aux_warmup_epochs": 0.0, "proj_norm": True,
+    "conv_mode": "full",
 }
 DIMS = {"text": 6, "audio": 4, "vision": 3}
 
@@ -107,7 +109,7 @@ def test_version_1_pooling_keywords_set_the_one_pooling_choice():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"config_version": 8}, "config_version must be an int in \\[1, 7\\]"),
+    ({"config_version": CONFIG_VERSION + 1}, rf"config_version must be an int in \[1, {CONFIG_VERSION}\]"),
     ({"config_version": 0}, "config_version"), ({"config_version": "2"}, "config_version"),
     ({"config_version": True}, "config_version"),
     ({"architecture": {"w_kl": 1.0}}, "group 'architecture' has no field"),
@@ -123,10 +125,11 @@ def test_the_constructor_takes_only_the_current_version():
     with pytest.raises(ValueError, match="from_saved"):
         FSRFConfig(config_version=1)
     assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
-    # the last version-1 default differs from today's only by the projection's LayerNorm (version 3)
-    # and the gated shared pool (5); the private shrinkage pooling left in version 4 and came back in 7
+    # the last version-1 default differs from today's only by the projection's LayerNorm (version 3),
+    # the gated shared pool (5) and the per-frame projection (8); the private shrinkage pooling left
+    # in version 4 and came back in 7
     assert (FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}})
-            == FSRFConfig(proj_norm=True, shared_pool="gated"))
+            == FSRFConfig(proj_norm=True, shared_pool="gated", conv_kernel=1, conv_mode="full"))
 
 
 def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
@@ -213,3 +216,21 @@ def test_version_6_dicts_keep_the_pooling_without_the_private_shrinkage():
     del grouped["fusion"]["pooling"]
     assert FSRFConfig.from_saved(grouped) == FSRFConfig(d_model=16, pooling="norm")
     assert FSRFConfig.from_dict({**v6, "pooling": "norm+private-shrink"}) == FSRFConfig(d_model=16)
+
+
+def test_version_7_dicts_keep_their_projection():
+    # version 8 (issue 29's encoder study) made the window of three projected frames the default
+    assert (FSRFConfig().conv_kernel, FSRFConfig().conv_mode) == (3, "factorized")
+    v7 = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k not in ("conv_kernel", "conv_mode")}
+    v7["config_version"] = 7
+    for read in (FSRFConfig.from_dict, FSRFConfig.from_saved):
+        assert read(v7) == FSRFConfig(d_model=16, conv_kernel=1, conv_mode="full")
+        # a version-7 window was MulT's, over the input features
+        assert read({**v7, "conv_kernel": 3}) == FSRFConfig(d_model=16, conv_kernel=3, conv_mode="full")
+    grouped = FSRFConfig(d_model=16).to_dict(grouped=True)
+    grouped["config_version"] = 7
+    del grouped["architecture"]["conv_kernel"], grouped["architecture"]["conv_mode"]
+    assert FSRFConfig.from_saved(grouped) == FSRFConfig(d_model=16, conv_kernel=1, conv_mode="full")
+    # a model saved by version 7 builds the layer it was trained with: a Linear per modality
+    layer = FSRFModel(DIMS, FSRFConfig.from_saved({**v7, "num_heads": 2})).layer
+    assert all(p.window is None and isinstance(p.proj, torch.nn.Linear) for p in layer.proj.values())

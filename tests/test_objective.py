@@ -70,9 +70,10 @@ def test_fsrf_model_training_loss_matches_the_values_recorded_before_the_objecti
         saved = json.load(fh)
     assert saved["seed"] == rec.SEED and saved["dims"] == rec.DIMS and set(saved["configs"]) == set(rec.CONFIGS)
     # recorded when the projection's LayerNorm (config version < 3), the private shrinkage pooling
-    # (< 4), the gated shared pool and the dequantized labels (< 5) were the defaults; fields added
-    # since the recording take their defaults, which keep it
-    then = {"proj_norm": True, "pooling": "norm+private-shrink", "shared_pool": "gated", "dequantize_labels": True}
+    # (< 4), the gated shared pool and the dequantized labels (< 5) and the per-frame projection (< 8)
+    # were the defaults; fields added since the recording take their defaults, which keep it
+    then = {"proj_norm": True, "pooling": "norm+private-shrink", "shared_pool": "gated", "dequantize_labels": True,
+            "conv_kernel": 1}
     recorded = {name: {**then, **cfg} for name, cfg in saved["configs"].items()}
     for name, cfg in recorded.items():
         assert FSRFConfig.from_dict(cfg) == FSRFConfig.from_dict({**then, **rec.CONFIGS[name]}), name

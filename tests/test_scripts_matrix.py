@@ -119,11 +119,15 @@ def test_bad_arguments_are_refused_by_name(tmp_path, argv, match):
 
 
 def test_every_written_variant_is_a_valid_config_change():
-    from fsrf.config import AUX_WEIGHTS, FSRFConfig
+    from fsrf.config import FSRFConfig
 
     variants = _module().VARIANTS
     for letter, (_, changes) in variants.items():
         assert set(changes) <= set(FSRFConfig().to_dict()), letter
         FSRFConfig(**changes)  # refused by name if a value is out of range
-    # the same zeros as fsrf compare's "FSRF w/o aux terms", taken from the config's own list
-    assert variants["KF0"][1] == {**variants["KF"][1], **{w: 0.0 for w in set(AUX_WEIGHTS.values())}}
+        # a variant differs from today's defaults (else it would compare the defaults with themselves)
+        assert FSRFConfig(**changes) != FSRFConfig(), letter
+    # the stored runs of K (version 7, a full window) count as today's K
+    stored_k = {**FSRFConfig(conv_kernel=3, conv_mode="full").to_dict(), "config_version": 7}
+    del stored_k["conv_mode"]
+    assert FSRFConfig.from_saved(stored_k) == FSRFConfig(**variants["K"][1])

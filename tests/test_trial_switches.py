@@ -23,7 +23,7 @@ def _batch(B=10, seed=0):
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_without_proj_norm_a_frame_is_its_projection_alone(kernel):
     torch.manual_seed(0)
-    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel)).double()
+    layer = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel, conv_mode="full")).double()
     assert not any(".norm." in k for k in layer.state_dict() if k.startswith("proj."))
     x = _batch()[0]["text"]
     p = layer.proj["text"].proj
@@ -34,7 +34,7 @@ def test_without_proj_norm_a_frame_is_its_projection_alone(kernel):
         want = torch.stack([sum(xp[:, t + j] @ p.weight[:, :, j].T for j in range(3)) + p.bias
                             for t in range(x.shape[1])], dim=1)
     torch.testing.assert_close(layer.proj["text"](x), want, rtol=1e-12, atol=1e-12)
-    with_norm = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel, proj_norm=True)).double()
+    with_norm = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=kernel, conv_mode="full", proj_norm=True)).double()
     u, lin = with_norm.proj["text"](x), with_norm.proj["text"].proj
     h = x @ lin.weight.T + lin.bias if kernel == 1 else lin(x.transpose(1, 2)).transpose(1, 2)
     want = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5)
@@ -90,7 +90,7 @@ def test_a_factorized_window_starts_as_the_kernel_one_layer_and_trains():
     inputs, masks, _ = _batch()
     masks["audio"][:, 1] = False
     torch.manual_seed(0)
-    a = FSRFLayer(DIMS, config=FSRFConfig(**SMALL)).double().eval()
+    a = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=1)).double().eval()
     b = FSRFLayer(DIMS, config=FSRFConfig(**SMALL, conv_kernel=3, conv_mode="factorized")).double().eval()
     # the same parameters except the windows, which start at the identity
     sa = a.state_dict()

@@ -19,6 +19,9 @@ REDUCTIONS = ("sum", "mean")
 RECOVERY_LOSSES = ("view", "view+loo")
 SHARED_POOLS = ("mean", "gated")
 PRIVATE_POOLS = ("same", "shrink", "wiener")
+#: Where a temporal window (``conv_kernel`` above 1) acts: ``"full"``, a ``Conv1d`` over the input
+#: features (MulT's); ``"factorized"``, d x d taps over the projected frames (the default since
+#: config version 8).
 CONV_MODES = ("full", "factorized")
 
 #: ``pooling`` -> (LayerNorm on each pooled z_m, James-Stein shrinkage of every pooled mean, what

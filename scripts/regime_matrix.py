@@ -79,6 +79,9 @@ VARIANTS = {
     # V7 is the defaults before it, KF0 was today's "FSRF w/o aux terms"
     "K": ("FSRF conv_kernel=3", {"conv_kernel": 3, "conv_mode": "full"}),
     "V7": ("FSRF config version 7 defaults", {"conv_kernel": 1}),
+    # W8, the warm-up counted in epochs (issue 29, item 3): the same schedule as 200 steps on the
+    # 800-sample cells, so it is judged on content-4x (the log's eighth session)
+    "W8": ("FSRF warm-up 8 epochs", {"aux_warmup_epochs": 8.0}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
     # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
     # docs/results/matrix/

@@ -39,7 +39,7 @@ POOLINGS: dict[str, tuple[bool, bool, str]] = {
 
 #: The version :meth:`FSRFConfig.to_dict` writes. Version 1 (no ``config_version`` key) is every
 #: config saved before versions existed; :data:`MIGRATIONS` upgrades it step by step.
-CONFIG_VERSION = 8
+CONFIG_VERSION = 9
 
 #: The fields of each group, in the order the grouped form (:meth:`FSRFConfig.to_dict` with
 #: ``grouped=True``, :meth:`FSRFConfig.to_json`) writes them.
@@ -84,6 +84,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
     "w_pred": 0.0,
     "proj_norm": True,
     "conv_kernel": 1,
+    "aux_warmup_epochs": 0.0,
 }
 
 # Version 1 was upgraded by the absence of a key: a field a saved dict lacks was written before the
@@ -91,7 +92,7 @@ FIRST_RECONSTRUCTION: dict[str, Any] = {
 _V1_BEFORE: dict[str, Any] = {
     **{k: v for k, v in FIRST_RECONSTRUCTION.items() if k != "pooling"},
     "pool_norm": False, "pool_shrink": False, "private_pool": "same",
-    "global_batch": False, "encoder_layers": 0, "aux_warmup_epochs": 0.0,
+    "global_batch": False, "encoder_layers": 0,
 }
 _LEGACY_POOLING = ("pool_norm", "pool_shrink", "private_pool")
 
@@ -183,10 +184,17 @@ def _v7_to_v8(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
     return {"conv_kernel": 1, "conv_mode": "full", **d}
 
 
+def _v8_to_v9(d: dict[str, Any], *, fill_absent: bool) -> dict[str, Any]:
+    """Version 8 -> 9 (issue 29, item 3): the warm-up is counted in epochs (``aux_warmup_epochs=8``,
+    the 200 steps' length on the matrix's 800-sample cells), so a version-8 dict without the field
+    counted its ramp in ``aux_warmup_steps``."""
+    return {"aux_warmup_epochs": 0.0, **d}
+
+
 #: ``version -> step`` upgrading a dict of that version to the next (``fill_absent``: the dict was
 #: saved with a model, so a missing field predates the field).
 MIGRATIONS: dict[int, Callable[..., dict[str, Any]]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
 }
 
 
@@ -300,9 +308,10 @@ class FSRFConfig:
         ``task_loss`` (``"l1"`` or ``"mse"``; classification always uses cross-entropy),
         ``dequantize_labels`` (regression: the task loss sees each label plus U(-h, h) noise, h half
         the annotation grid's step, :class:`fsrf.models.label_grid.LabelDequantizer`),
-        ``aux_warmup_steps`` (every auxiliary weight ramps linearly from 0 over this many steps; 0 is
-        off), ``aux_warmup_epochs`` (> 0: the ramp lasts this
-        many epochs instead, whatever the data's size; the trainer gives the epoch's length),
+        ``aux_warmup_epochs`` (every auxiliary weight ramps linearly from 0 over this many epochs,
+        whatever the data's size; the trainer gives the epoch's length, and where none was given
+        the ramp counts ``aux_warmup_steps`` steps), ``aux_warmup_steps`` (the ramp in steps, used
+        when ``aux_warmup_epochs`` is 0 or the epoch's length unknown; both 0: no warm-up),
         ``modality_dropout`` (probability that a view-A training sample loses one or two whole
         modalities).
     fusion
@@ -367,7 +376,7 @@ class FSRFConfig:
     task_loss: str = "l1"
     dequantize_labels: bool = True
     aux_warmup_steps: int = 200
-    aux_warmup_epochs: float = 0.0
+    aux_warmup_epochs: float = 8.0
     modality_dropout: float = 0.3
 
     pooling: str = "norm+private-shrink"

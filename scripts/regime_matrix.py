@@ -66,7 +66,7 @@ VARIANTS = {
     "V3": ("FSRF config version 3 defaults", {"pooling": "norm+private-shrink", "shared_pool": "gated",
                                                "dequantize_labels": True, "conv_kernel": 1}),
     "B": ("FSRF encoder_layers=2", {"encoder_layers": 2}),
-    "C": ("FSRF no warm-up", {"aux_warmup_steps": 0}),
+    "C": ("FSRF no warm-up", {"aux_warmup_steps": 0, "aux_warmup_epochs": 0.0}),
     # D was run as {"proj_norm": False} against config version 2's defaults (commit ce0ed86); it won
     # and became the default (version 3), so D is now the same comparison with the roles exchanged
     "D": ("FSRF projection LayerNorm", {"proj_norm": True}),
@@ -79,9 +79,10 @@ VARIANTS = {
     # V7 is the defaults before it, KF0 was today's "FSRF w/o aux terms"
     "K": ("FSRF conv_kernel=3", {"conv_kernel": 3, "conv_mode": "full"}),
     "V7": ("FSRF config version 7 defaults", {"conv_kernel": 1}),
-    # W8, the warm-up counted in epochs (issue 29, item 3): the same schedule as 200 steps on the
-    # 800-sample cells, so it is judged on content-4x (the log's eighth session)
-    "W8": ("FSRF warm-up 8 epochs", {"aux_warmup_epochs": 8.0}),
+    # W8, the warm-up counted in 8 epochs (issue 29, item 3; the same schedule as 200 steps on the
+    # 800-sample cells), did no harm on content-4x (draws 111-115, docs/results/matrix-warmup/) and
+    # is the default since config version 9; V8 is the ramp in steps before it
+    "V8": ("FSRF config version 8 defaults", {"aux_warmup_epochs": 0.0}),
     # E, {"aux_balance": 1.0} (each auxiliary term capped at the task loss), lost and left the code in
     # config version 4; W (every auxiliary weight x 0.3, run 3) did not win; their runs are in
     # docs/results/matrix/

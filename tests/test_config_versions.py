@@ -126,10 +126,11 @@ def test_the_constructor_takes_only_the_current_version():
         FSRFConfig(config_version=1)
     assert FSRFConfig(config_version=CONFIG_VERSION) == FSRFConfig()
     # the last version-1 default differs from today's only by the projection's LayerNorm (version 3),
-    # the gated shared pool (5) and the per-frame projection (8); the private shrinkage pooling left
-    # in version 4 and came back in 7
+    # the gated shared pool (5), the per-frame projection (8) and the warm-up in steps (9); the
+    # private shrinkage pooling left in version 4 and came back in 7
     assert (FSRFConfig.from_saved({**V1[list(V1)[-1]]["config"], "extra": {}})
-            == FSRFConfig(proj_norm=True, shared_pool="gated", conv_kernel=1, conv_mode="full"))
+            == FSRFConfig(proj_norm=True, shared_pool="gated", conv_kernel=1, conv_mode="full",
+                          aux_warmup_epochs=0.0))
 
 
 def test_version_2_dicts_keep_the_projection_layernorm_they_were_written_with():
@@ -234,3 +235,17 @@ def test_version_7_dicts_keep_their_projection():
     # a model saved by version 7 builds the layer it was trained with: a Linear per modality
     layer = FSRFModel(DIMS, FSRFConfig.from_saved({**v7, "num_heads": 2})).layer
     assert all(p.window is None and isinstance(p.proj, torch.nn.Linear) for p in layer.proj.values())
+
+
+def test_version_8_dicts_keep_their_warm_up_in_steps():
+    # version 9 (issue 29, item 3) counts the warm-up in epochs
+    assert (FSRFConfig().aux_warmup_epochs, FSRFConfig().aux_warmup_steps) == (8.0, 200)
+    v8 = {k: v for k, v in FSRFConfig(d_model=16).to_dict().items() if k != "aux_warmup_epochs"}
+    v8["config_version"] = 8
+    for read in (FSRFConfig.from_dict, FSRFConfig.from_saved):
+        assert read(v8) == FSRFConfig(d_model=16, aux_warmup_epochs=0.0)
+        assert read({**v8, "aux_warmup_epochs": 2.0}) == FSRFConfig(d_model=16, aux_warmup_epochs=2.0)
+    # a model saved by version 8 and trained by fit ramps over 200 steps, however long its epochs
+    model = FSRFModel(DIMS, FSRFConfig.from_saved({**v8, "num_heads": 2}))
+    model.set_steps_per_epoch(100)
+    assert model.warmup_steps() == 200

@@ -53,7 +53,8 @@ def test_a_saved_config_without_the_new_fields_reads_with_their_first_values():
     saved = {k: v for k, v in version_1_dict(FSRFConfig(d_model=16)).items() if k not in V1_FIRST}
     cfg = FSRFConfig.from_saved({**saved, "modality_dropout": 0.1})
     assert cfg.modality_dropout == 0.1  # what the file says wins
-    assert cfg.aux_warmup_steps == 0 and cfg.recovery_loss == "view" and not cfg.fusion_availability
+    assert cfg.aux_warmup_steps == 0 and cfg.aux_warmup_epochs == 0.0
+    assert cfg.recovery_loss == "view" and not cfg.fusion_availability
     assert FSRFConfig.from_saved(FSRFConfig().to_dict()) == FSRFConfig()
 
 

@@ -70,10 +70,11 @@ def test_fsrf_model_training_loss_matches_the_values_recorded_before_the_objecti
         saved = json.load(fh)
     assert saved["seed"] == rec.SEED and saved["dims"] == rec.DIMS and set(saved["configs"]) == set(rec.CONFIGS)
     # recorded when the projection's LayerNorm (config version < 3), the private shrinkage pooling
-    # (< 4), the gated shared pool and the dequantized labels (< 5) and the per-frame projection (< 8)
-    # were the defaults; fields added since the recording take their defaults, which keep it
+    # (< 4), the gated shared pool and the dequantized labels (< 5), the per-frame projection (< 8)
+    # and the warm-up in steps (< 9) were the defaults; fields added since the recording take their
+    # defaults, which keep it
     then = {"proj_norm": True, "pooling": "norm+private-shrink", "shared_pool": "gated", "dequantize_labels": True,
-            "conv_kernel": 1}
+            "conv_kernel": 1, "aux_warmup_epochs": 0.0}
     recorded = {name: {**then, **cfg} for name, cfg in saved["configs"].items()}
     for name, cfg in recorded.items():
         assert FSRFConfig.from_dict(cfg) == FSRFConfig.from_dict({**then, **rec.CONFIGS[name]}), name
@@ -318,10 +319,13 @@ def test_the_objective_compiles_in_one_graph(task):
 
 
 def test_a_warm_up_in_epochs_lasts_that_many_epochs_whatever_the_epoch_length():
-    cfg = FSRFConfig(**SMALL, aux_warmup_epochs=1.5)
+    cfg = FSRFConfig(**SMALL, aux_warmup_epochs=1.5, aux_warmup_steps=30)
     obj = FSRFObjective(FSRFLayer(DIMS, config=cfg), nn.Linear(16, 1)).train()
-    with pytest.raises(ValueError, match="call set_steps_per_epoch"):
-        obj.aux_scale()
+    # a loop that never gives the epoch's length ramps over the steps
+    assert obj.warmup_steps() == 30
+    with torch.no_grad():
+        obj.steps.fill_(14)
+    assert obj.aux_scale().item() == pytest.approx(15 / 30)
     for per_epoch in (4, 40):
         obj.set_steps_per_epoch(per_epoch)
         assert obj.warmup_steps() == round(1.5 * per_epoch)
@@ -332,8 +336,18 @@ def test_a_warm_up_in_epochs_lasts_that_many_epochs_whatever_the_epoch_length():
         obj.set_steps_per_epoch(0)
     with pytest.raises(ValueError, match=r"FSRFConfig.aux_warmup_epochs must be in \[0.0, inf\]"):
         FSRFConfig(aux_warmup_epochs=-1.0)
-    # the default counts steps, as before
-    assert FSRFObjective(FSRFLayer(DIMS, config=FSRFConfig(**SMALL)), nn.Linear(16, 1)).warmup_steps() == 200
+    # the default (config version 9) counts 8 epochs, and 200 steps where the epoch's length is unknown
+    default = FSRFObjective(FSRFLayer(DIMS, config=FSRFConfig(**SMALL)), nn.Linear(16, 1))
+    assert default.warmup_steps() == 200
+    default.set_steps_per_epoch(25)
+    assert default.warmup_steps() == 8 * 25
+    default.set_steps_per_epoch(100)
+    assert default.warmup_steps() == 8 * 100
+    # no warm-up needs both at 0
+    off = FSRFObjective(FSRFLayer(DIMS, config=FSRFConfig(**SMALL, aux_warmup_steps=0, aux_warmup_epochs=0.0)),
+                        nn.Linear(16, 1))
+    off.set_steps_per_epoch(25)
+    assert off.warmup_steps() == 0 and off.aux_scale().item() == 1.0
 
 
 def test_fit_tells_the_model_its_epoch_length(tmp_path):

@@ -46,9 +46,9 @@ class FSRFObjective(nn.Module):
     both views, the DAS terms of :meth:`fsrf.FSRFLayer.distill` and the prediction distillation
     (view B's prediction towards view A's detached one: the task loss's form for regression,
     ``KL(p_A ‖ p_B)`` of the class distributions for classification) — each ramped in over
-    ``config.aux_warmup_steps`` training steps (or ``aux_warmup_epochs`` epochs, see
-    :meth:`set_steps_per_epoch`). The step counter is the buffer ``steps``, saved
-    and resumed with the weights.
+    ``config.aux_warmup_epochs`` epochs once the objective knows an epoch's length
+    (:meth:`set_steps_per_epoch`; ``fit`` calls it), else over ``config.aux_warmup_steps`` steps.
+    The step counter is the buffer ``steps``, saved and resumed with the weights.
 
     The trainer (:func:`fsrf.training.fit`) and the harness (:func:`fsrf.training.compare`)
     take an objective as a model. ``torch.compile(objective, fullgraph=True)`` captures the
@@ -109,21 +109,22 @@ class FSRFObjective(nn.Module):
 
     def set_steps_per_epoch(self, steps: int) -> None:
         """The optimiser steps of one training epoch, which ``config.aux_warmup_epochs`` counts the
-        warm-up in (:func:`fsrf.training.fit` calls this; call it in a training loop of your own)."""
+        warm-up in (:func:`fsrf.training.fit` calls this; call it in a training loop of your own,
+        e.g. with ``len(loader)``, or the ramp counts ``config.aux_warmup_steps`` steps)."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int (optimiser steps per epoch); got {steps!r}")
         self._steps_per_epoch = steps
 
     def warmup_steps(self) -> int:
         """The length of the auxiliary weights' ramp in steps: ``aux_warmup_epochs`` epochs when
-        that is set, else ``aux_warmup_steps``."""
+        that is set and the epoch's length known (:meth:`set_steps_per_epoch`), else
+        ``aux_warmup_steps``."""
         epochs = self.config.aux_warmup_epochs
-        if epochs <= 0:
-            return self.config.aux_warmup_steps
         per_epoch = getattr(self, "_steps_per_epoch", None)
-        if per_epoch is None:
-            raise ValueError("config.aux_warmup_epochs counts the warm-up in epochs, so the model needs the steps "
-                             "of an epoch: call set_steps_per_epoch(n) before training (fsrf.training.fit does)")
+        # a loop that never says how long an epoch is keeps the ramp of config version 8 (200
+        # steps, the same length on the 800-sample data the epoch count was chosen on)
+        if epochs <= 0 or per_epoch is None:
+            return self.config.aux_warmup_steps
         return max(1, round(epochs * per_epoch))
 
     def _ramp(self, step: Tensor) -> Tensor:

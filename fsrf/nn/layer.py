@@ -80,17 +80,20 @@ class _Projection(nn.Module):
         self.norm = nn.LayerNorm(d_model) if norm else nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x`` (B, T, D) with its missing frames zeroed; ``mask`` (B, T) bool, True = observed."""
+        """``x`` (B, T, D); ``mask`` (B, T) bool, True = observed (None: every frame). The frames
+        marked missing are zeroed before any window reads them."""
+        if self.window is not None:
+            # zeroed once, after the projection at width d rather than on the D-wide input: a
+            # missing frame then enters the window as 0, as it does the full window
+            h = self.proj(x)
+            if mask is not None:
+                h = h * mask.unsqueeze(-1).to(h.dtype)
+            return self.norm(self.window(h.transpose(1, 2)).transpose(1, 2))
+        if mask is not None:  # a Conv1d window must not read features marked missing
+            x = x * mask.unsqueeze(-1).to(x.dtype)
         if self.kernel == 1:
             return self.norm(self.proj(x))
-        if self.window is None:
-            return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
-        h = self.proj(x)
-        if mask is not None:
-            # a missing frame's projection is the bias; zeroed, a window reads missing frames as
-            # the full window does (as 0)
-            h = h * mask.unsqueeze(-1).to(h.dtype)
-        return self.norm(self.window(h.transpose(1, 2)).transpose(1, 2))
+        return self.norm(self.proj(x.transpose(1, 2)).transpose(1, 2))
 
 
 class _AttentionBlock(nn.Module):
@@ -266,8 +269,7 @@ class FSRFLayer(nn.Module):
             if m in inputs:
                 x = inputs[m]
                 mk = masks[m] if masks is not None and m in masks else torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-                # masked frames are zeroed so a Conv1d window cannot read features marked missing
-                u[m] = self.proj[m](x * mk.unsqueeze(-1).to(x.dtype), mk)
+                u[m] = self.proj[m](x, mk)
                 k[m] = mk
         # the zero frames take the projections' dtype, which autocast may have lowered
         ref_dtype = next(iter(u.values())).dtype
